@@ -1,0 +1,6 @@
+"""cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
+
+from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
+from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
+
+__version__ = "0.1.0"
