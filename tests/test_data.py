@@ -328,3 +328,15 @@ def test_bad_image_size_and_channels_raise():
         open_source("patches:4", 0)
     with pytest.raises(ValueError, match="channels"):
         open_source("patches:4", 8, channels=2)
+
+
+def test_cli_data_flags_open_the_source_and_turn_bad_data_into_usage_errors(tmp_path):
+    from cloudjax.cli import UsageError, _add_data_args, _open_data, _Parser
+
+    parser = _Parser(prog="t")
+    _add_data_args(parser)
+    np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8), np.uint8))
+    source = _open_data(parser.parse_args(["--data", f"npz:{tmp_path / 'd.npz'}", "--image-size", "4"]), channels=3)
+    assert (source.num_examples, source.image_shape) == (3, (4, 4, 3))
+    with pytest.raises(UsageError, match="file not found: .*missing.npz"):
+        _open_data(parser.parse_args(["--data", f"npz:{tmp_path / 'missing.npz'}"]))
