@@ -1,6 +1,8 @@
 """cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
 
+from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
+from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
 from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
 
 __version__ = "0.1.0"
