@@ -2,6 +2,7 @@
 
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
+from cloudjax.samplers import sample
 from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
 from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
 
