@@ -1,0 +1,5 @@
+"""Flax NNX networks for diffusion."""
+
+from cloudjax.models.unet import PRESETS, UNet, UNetConfig, init, preset, timestep_embedding
+
+__all__ = ["UNet", "UNetConfig", "PRESETS", "preset", "init", "timestep_embedding"]
