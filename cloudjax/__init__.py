@@ -6,5 +6,16 @@ from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law
 from cloudjax.samplers import sample
 from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
 from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
+from cloudjax.stats import (
+    DatasetStats,
+    PowerLawFit,
+    dataset_stats,
+    fit_power_law,
+    fit_power_law_spectrum,
+    mahalanobis_between,
+    mahalanobis_distance,
+    mahalanobis_table,
+    mahalanobis_to_center,
+)
 
 __version__ = "0.1.0"

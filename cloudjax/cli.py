@@ -59,9 +59,41 @@ def _open_data(args: argparse.Namespace, channels: int | None = None):
         raise UsageError(str(e)) from None
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    """Stream the data once; write stats.json (Δ, A, r, moments, Mahalanobis table), fit.png and noise.png."""
+    import numpy as np
+
+    from cloudjax._progress import Progress
+    from cloudjax.stats import write_stats_report
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    source = _open_data(args, channels=args.channels)
+    total = source.num_examples if args.num is None else min(args.num, source.num_examples)
+    if total < 2:
+        raise UsageError(f"stats needs at least 2 images, the data has {total}")
+    starts = range(0, total, args.batch_size)
+    batches = (source.get(np.arange(i, min(i + args.batch_size, total))) for i in starts)
+    with Progress(total, "stats") as bar:
+        report = write_stats_report(batches, args.out, seed=args.seed, progress=bar)
+    d = report["mahalanobis"]
+    print(
+        f"Δ = {report['delta']:.3f}  A = {report['amplitude']:.4g}  r = {report['r_value']:.3f}  "
+        f"d(white, images) = {d['white-images']:.2f}  d(cloud, images) = {d['cloud-images']:.2f}  "
+        f"→ {args.out}/stats.json, fit.png, noise.png"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cloudjax", description="Diffusion with scale-invariant (cloud) noise.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("stats", help="dataset statistics and the power-law fit (Δ) of its Fourier spectrum")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="output folder for stats.json, fit.png and noise.png")
+    p.add_argument("--num", type=int, default=None, help="use only the first NUM images (default: all)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey, 3 RGB (default: the data's)")
+    p.set_defaults(func=_cmd_stats)
     del sub  # subcommands are added below as they land
     return parser
 
