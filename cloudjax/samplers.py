@@ -57,18 +57,19 @@ class Step(NamedTuple):
     last: jnp.ndarray  # bool, the final step
 
 
-def _ddim(step: Step, fresh: Callable[[], jnp.ndarray], eta: float, stochasticity: float) -> jnp.ndarray:
-    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step."""
+def _ddim(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
+    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step. ``fresh`` draws noise
+    (None when η = s = 0)."""
     a_t, s_t, a_s, s_s = step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s
     posterior_var = (s_s**2 / s_t**2) * jnp.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
-    a = jnp.sqrt(jnp.maximum(s_s**2 - eta**2 * posterior_var, 0.0)) * math.cos(stochasticity * math.pi / 2)
+    a = jnp.sqrt(jnp.maximum(s_s**2 - eta**2 * posterior_var, 0.0)) * jnp.cos(stochasticity * math.pi / 2)
     x = a_s * step.x0 + a * step.eps
-    if eta == 0 and stochasticity == 0:
+    if fresh is None:
         return x
     return x + jnp.sqrt(jnp.maximum(s_s**2 - a**2, 0.0)) * fresh()
 
 
-def _dpmpp_2m(step: Step, fresh: Callable[[], jnp.ndarray], eta: float, stochasticity: float) -> jnp.ndarray:
+def _dpmpp_2m(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
     """DPM-Solver++(2M), data-prediction form; deterministic."""
     del fresh, eta, stochasticity
     h = (jnp.log(step.alpha_s) - jnp.log(step.sigma_s)) - (jnp.log(step.alpha_t) - jnp.log(step.sigma_t))
@@ -78,13 +79,13 @@ def _dpmpp_2m(step: Step, fresh: Callable[[], jnp.ndarray], eta: float, stochast
     return (step.sigma_s / step.sigma_t) * step.x - step.alpha_s * jnp.expm1(-h) * d
 
 
-def _ddpm(step: Step, fresh: Callable[[], jnp.ndarray], eta: float, stochasticity: float) -> jnp.ndarray:
+def _ddpm(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
     """DDPM's ancestral step: a draw from q(x_s | x_t, x0 = x̂0), which is DDIM with η = 1."""
     del eta
     return _ddim(step, fresh, 1.0, stochasticity)
 
 
-# name → step(step: Step, fresh: () -> noise draw, eta, stochasticity) -> x_s
+# name → step(step: Step, fresh: () -> noise draw or None, eta, stochasticity) -> x_s
 METHODS = {"ddim": _ddim, "ddpm": _ddpm, "dpm++2m": _dpmpp_2m}
 
 
@@ -121,7 +122,7 @@ def sample(
 
     Args:
       denoise_fn: ``denoise_fn(x_t, t)`` → the diffusion's prediction (ε, x0 or v) for x_t ``shape`` and t
-        ``(batch,)`` float32. The loop is compiled once per (function, shape, steps, method, options): pass
+        ``(batch,)`` float32. The loop is compiled once per (function, shape, steps, method, stochastic or not): pass
         the same function object to reuse it, and a ``jax.tree_util.Partial(apply, params)`` to pass
         parameters as arguments rather than as compiled-in constants.
       diffusion: a :class:`~cloudjax.diffusion.GaussianDiffusion`.
@@ -147,12 +148,15 @@ def sample(
         raise ValueError(f"init_noise must have shape {shape}, got {jnp.shape(init_noise)}")
     if not isinstance(denoise_fn, Partial):
         denoise_fn = Partial(denoise_fn)
-    options = (shape, method, float(eta), float(stochasticity), bool(return_trajectory))
-    return _sample(denoise_fn, diffusion, key, ts, init_noise, *options)
+    stochastic = method == "ddpm" or eta > 0 or stochasticity > 0
+    options = (shape, method, stochastic, bool(return_trajectory))
+    return _sample(denoise_fn, diffusion, key, ts, init_noise, jnp.float32(eta), jnp.float32(stochasticity), *options)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
-def _sample(denoise_fn, diffusion, key, ts, init_noise, shape, method, eta, stochasticity, return_trajectory):
+@functools.partial(jax.jit, static_argnums=(7, 8, 9, 10))
+def _sample(
+    denoise_fn, diffusion, key, ts, init_noise, eta, stochasticity, shape, method, stochastic, return_trajectory
+):
     step_fn = METHODS[method]
     batch = shape[0]
     alpha, sigma = diffusion.alpha_sigma(ts)
@@ -166,7 +170,8 @@ def _sample(denoise_fn, diffusion, key, ts, init_noise, shape, method, eta, stoc
         t, a_t, s_t, a_s, s_s, step_key, last = inputs
         x0, eps = predict(x, t)
         step = Step(x, x0, eps, a_t, s_t, a_s, s_s, prev_x0, prev_h, last)
-        x_next = step_fn(step, lambda: diffusion.noise.sample(step_key, shape), eta, stochasticity)
+        fresh = (lambda: diffusion.noise.sample(step_key, shape)) if stochastic else None
+        x_next = step_fn(step, fresh, eta, stochasticity)
         h = (jnp.log(a_s) - jnp.log(s_s)) - (jnp.log(a_t) - jnp.log(s_t))
         return (x_next, x0, h), ({"x": x_next, "x0": x0} if return_trajectory else None)
 
