@@ -12,9 +12,10 @@ aperiodic, and its plain (boxcar) spectrum leaks power from low to high |k|, whi
 
 Mahalanobis distances (paper eqs. 41–43) use the reference covariance ``Σ̃ = diag(|k|^{−2Δ})`` in Π space:
 ``d(x, y) = √(Σ_k |k|^{2Δ} (Πx − Πy)²)`` summed over the spatial axes and channels, |k| in cycles per
-pixel, DC weight 0. These are the author's units: our Π is orthonormal while the author's paired entries
-have variance 1/2, so our distances are √2 times the paper's (two white 96×96 images, Δ = 1.5:
-E d² = 2 Σ|k|³ gives ≈ 38.0 here, 26.9 in the author's convention; the paper reports 27.33).
+pixel, DC weight 0. These units reproduce the scale of the paper's STL-10 numbers (radians per pixel would
+be (2π)^Δ ≈ 16 times larger, integer frequencies 96^Δ ≈ 940 times). Our Π is orthonormal while the
+author's paired entries have variance 1/2, so our distances are √2 times the paper's: two white 96×96
+images at Δ = 1.5 have E d² = 2 Σ|k|³, d ≈ 38.0 here and 26.9 in the author's convention (paper: 27.33).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from cloudjax.spectral import _spatial_axes, radial_bins, rfft_real, wavenumbers
 __all__ = [
     "DatasetStats",
     "StatsAccumulator",
+    "spectral_window",
+    "cross_mask",
+    "mahalanobis_weight",
     "dataset_stats",
     "PowerLawFit",
     "fit_power_law",
@@ -341,7 +345,8 @@ def mahalanobis_distance(x, y, delta: float, axes: Sequence[int] = (-3, -2)) -> 
 
     Args:
       x, y: arrays ``(*examples, H, W, *channels)`` of broadcastable shapes.
-      delta: Δ of the reference covariance ``|k|^{−2Δ}`` (0: Euclidean distance without the mean).
+      delta: Δ of the reference covariance ``|k|^{−2Δ}``, a Python float (static under jit); 0 gives the
+        Euclidean distance without the mean.
       axes: the adjacent spatial axes; the sum runs over them and every axis after them.
 
     Returns:
@@ -364,7 +369,8 @@ def mahalanobis_between(xs, ys, delta: float, axes: Sequence[int] = (-3, -2)) ->
     """Distance between two sets (eq. 41): the mean of ``d(x_i, y_j)`` over all pairs.
 
     ``ys = None`` measures the spread of ``xs`` itself: the mean over pairs ``i ≠ j``.
-    ``xs`` and ``ys`` are ``(N, H, W, *channels)`` with one example axis (``axes`` then ``(1, 2)``).
+    ``xs`` and ``ys`` are ``(N, H, W, *channels)`` with one example axis (``axes`` then ``(1, 2)``);
+    the ``(N, M)`` distances come from one Gram matrix of the weighted Π coefficients.
     """
     zx = _weighted_fourier(xs, delta, tuple(axes))
     if zx.ndim != 2 or zx.shape[0] < (1 if ys is not None else 2):
