@@ -4,6 +4,7 @@ import io
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,6 +23,7 @@ from cloudjax.stats import (
     mahalanobis_distance,
     mahalanobis_table,
     mahalanobis_to_center,
+    mahalanobis_weight,
     spectral_window,
 )
 
@@ -114,6 +116,18 @@ def test_distance_zero_symmetric_and_per_example():
     assert d.shape == (4,) and np.all(np.asarray(d) > 0)
     np.testing.assert_allclose(mahalanobis_distance(y, x, 1.5), d, rtol=1e-6)
     np.testing.assert_allclose(mahalanobis_distance(x, x, 1.5), 0.0, atol=1e-6)
+
+
+def test_distance_under_jit_vmap_and_grad():
+    x = jax.random.normal(jax.random.key(11), (3, 8, 8, 2))
+    y = jax.random.normal(jax.random.key(12), (3, 8, 8, 2))
+    d = mahalanobis_distance(x, y, 1.5)
+    one = lambda a, b: mahalanobis_distance(a, b, 1.5)
+    np.testing.assert_allclose(jax.jit(jax.vmap(one))(x, y), d, rtol=1e-5)
+    # ∇_x d² = 2 Πᵀ(w Π(x − y)), and Πᵀ = Π⁻¹ = irfft_real because Π is orthonormal
+    grad = jax.grad(lambda a: jnp.sum(mahalanobis_distance(a, y, 1.5) ** 2))(x)
+    w = mahalanobis_weight(8, 8, 1.5)[:, :, None]
+    np.testing.assert_allclose(grad, 2 * irfft_real(w * rfft_real(x - y)), rtol=1e-4, atol=1e-5)
 
 
 def test_distance_of_one_mode_scales_as_k_to_the_delta():
