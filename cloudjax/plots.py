@@ -77,3 +77,51 @@ def plot_noise_sheet(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sample grids
+
+__all__ += ["image_grid", "save_image_grid", "plot_sample_comparison"]
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """``(N, H, W, C)`` images in [0, 1] → one uint8 ``(rows·(H+pad)+pad, cols·(W+pad)+pad, C)`` tiled image.
+
+    ``ncols`` defaults to ⌈√N⌉; values are clipped to [0, 1]; padding is white.
+    """
+    x = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {x.shape}")
+    n, H, W, C = x.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (H + pad) + pad, ncols * (W + pad) + pad, C), np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        grid[pad + r * (H + pad) : (r + 1) * (H + pad), pad + c * (W + pad) : (c + 1) * (W + pad)] = x[i]
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def save_image_grid(images, path: str | Path, ncols: int | None = None, scale: int = 4) -> Path:
+    """Write :func:`image_grid` of ``images`` (in [0, 1]) as a PNG, each pixel ``scale``×``scale``."""
+    from PIL import Image
+
+    grid = image_grid(images, ncols).repeat(scale, axis=0).repeat(scale, axis=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return Path(path)
+
+
+def plot_sample_comparison(named_images: dict, path: str | Path, ncols: int | None = None) -> Path:
+    """Titled sample grids side by side, e.g. ``{"data": x, "white": w, "cloud": c}`` (each in [0, 1])."""
+    fig = _figure(figsize=(3.2 * len(named_images), 3.4))
+    axes = fig.subplots(1, len(named_images), squeeze=False)[0]
+    for ax, (name, images) in zip(axes, named_images.items(), strict=True):
+        grid = image_grid(images, ncols)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name, fontsize=10)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)

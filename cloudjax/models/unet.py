@@ -69,7 +69,7 @@ class UNetConfig:
 
 PRESETS = {
     # ≈ 0.18M parameters: for tests and a laptop demo at 8–32 px.
-    "tiny": dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(1,), norm_groups=8),
+    "tiny": dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=8),
     # ≈ 8.9M parameters (half the width of DDPM's CIFAR-10 network): 32 px.
     "small": dict(base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,)),
     # ≈ 35.7M parameters: DDPM's CIFAR-10 network (Ho et al. 2020).

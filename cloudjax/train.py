@@ -1,0 +1,558 @@
+"""Training: a sharded, jitted train step, EMA, mixed precision, Orbax checkpoints, exact resume, preemption.
+
+The step is a pure function ``(state, batch, key) → (state, metrics)`` compiled once with ``jax.jit``: the
+batch is sharded over a ``"data"`` mesh axis spanning every device of every process, the :class:`TrainState`
+is replicated, and XLA inserts the gradient all-reduce (what ``pmap`` did, in today's form). The noise is
+drawn inside the step by ``diffusion.loss`` on the device. Gradients may be accumulated over micro-batches
+(``lax.scan``); the update is AdamW (warm-up + cosine/linear decay) after global-norm clipping, then the EMA
+``ema ← ema + (1 − d)(params − ema)``.
+
+Data are normalised once per run by a per-channel scalar mean and std measured on a fixed, seeded sample
+(the same on every process), so the model sees unit-variance images; for ``noise="cloud"`` with ``delta=None``
+Δ is fitted on that sample (:func:`cloudjax.stats.fit_power_law`). Both are stored in ``workdir/run.json``.
+
+A run lives in ``workdir``: ``run.json`` (config, normaliser, Δ), ``checkpoints/<step>`` (Orbax: params,
+optimizer state, EMA, step, RNG, data position), ``metrics.jsonl``, ``samples/<step>.png`` and TensorBoard
+events when tensorboardX is installed. :func:`train` resumes from the newest complete checkpoint by itself;
+a resumed run gives the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx, struct
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cloudjax.diffusion import GaussianDiffusion
+from cloudjax.models import UNet, init, preset
+from cloudjax.noise import PowerLawNoise, WhiteNoise
+from cloudjax.samplers import sample
+
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "Run",
+    "TrainingDiverged",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "init_state",
+    "abstract_state",
+    "train",
+    "load_run",
+    "generate",
+    "initialize_distributed",
+]
+
+# Fields that may change when a run is resumed; any other difference is a different run.
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep", "sample_every", "log_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (JSON-serialisable; the CLI maps flags onto it).
+
+    data, data_dir, image_size, channels: the dataset (``cloudjax.data.open_source``).
+    model: UNet preset (``tiny``, ``small``, ``base``); dropout: None keeps the preset's.
+    dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
+    batch_size: global batch per step; grad_accum: micro-batches it is split into (divides batch_size).
+    steps: total steps to reach. lr: peak learning rate after ``warmup_steps`` linear warm-up, then
+    ``decay`` ("cosine", "linear" or "constant") to ``lr · final_lr_ratio`` at ``decay_steps`` (None: steps).
+    weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
+    noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule, prediction,
+    loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
+    checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
+    interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
+    normaliser and the Δ fit. seed: parameters, data order, noise.
+    """
+
+    data: str = "patches"
+    data_dir: str | None = None
+    image_size: int = 32
+    channels: int = 1
+    model: str = "small"
+    dropout: float | None = None
+    dtype: str = "float32"
+    batch_size: int = 64
+    grad_accum: int = 1
+    steps: int = 10_000
+    lr: float = 2e-4
+    warmup_steps: int = 500
+    decay: str = "cosine"
+    decay_steps: int | None = None
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    ema_decay: float = 0.999
+    noise: str = "white"
+    delta: float | None = None
+    schedule: str = "cosine"
+    prediction: str = "eps"
+    loss_weighting: str = "pixel"
+    checkpoint_every: int = 1000
+    keep: int = 3
+    sample_every: int = 0
+    log_every: int = 50
+    normalizer_examples: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("image_size", "channels", "batch_size", "grad_accum", "steps", "checkpoint_every", "keep")
+        for name in positive + ("log_every", "normalizer_examples"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
+        if self.noise not in ("white", "cloud"):
+            raise ValueError(f"noise must be 'white' or 'cloud', got {self.noise!r}")
+        if self.delta is not None and not (math.isfinite(self.delta) and self.delta >= 0):
+            raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
+        if not (self.lr > 0 and 0 <= self.final_lr_ratio <= 1 and 0 <= self.ema_decay < 1 and self.clip_norm > 0):
+            raise ValueError("lr and clip_norm must be > 0, final_lr_ratio in [0, 1], ema_decay in [0, 1)")
+        if self.warmup_steps < 0 or self.sample_every < 0:
+            raise ValueError("warmup_steps and sample_every must be >= 0")
+        self.unet_config()  # validates model, dtype, dropout and the image size
+        if self.image_size % self.unet_config().downsampling:
+            raise ValueError(f"image_size must be divisible by {self.unet_config().downsampling} for {self.model}")
+
+    def unet_config(self):
+        overrides = dict(channels=self.channels, dtype=self.dtype)
+        if self.dropout is not None:
+            overrides["dropout"] = self.dropout
+        return preset(self.model, **overrides)
+
+
+@struct.dataclass
+class TrainState:
+    """Replicated training state, a pytree. ``rng`` is raw key data (uint32) so it checkpoints as an array."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: jax.Array
+    rng: jax.Array
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over every device of every process (GSPMD-style automatic sharding)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None, process_id=None):
+    """``jax.distributed.initialize`` when several processes are configured: by arguments, or by the
+    ``CLOUDJAX_DISTRIBUTED=1`` environment variable (then JAX detects the cluster: TPU pods, SLURM, ...)."""
+    if coordinator is not None or num_processes not in (None, 1):
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif os.environ.get("CLOUDJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with linear warm-up and cosine / linear / no decay."""
+    horizon = max(config.decay_steps or config.steps, config.warmup_steps + 1)
+    end = config.lr * config.final_lr_ratio
+    warmup = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+    if config.decay == "cosine":
+        after = optax.cosine_decay_schedule(config.lr, horizon - config.warmup_steps, alpha=config.final_lr_ratio)
+    elif config.decay == "linear":
+        after = optax.linear_schedule(config.lr, end, horizon - config.warmup_steps)
+    else:
+        after = optax.constant_schedule(config.lr)
+    lr = optax.join_schedules([warmup, after], [config.warmup_steps]) if config.warmup_steps else after
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(lr, weight_decay=config.weight_decay),
+    )
+
+
+def _graphdef(config: TrainConfig) -> nnx.GraphDef:
+    return nnx.graphdef(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+
+
+def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
+    return TrainState(
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        ema=jax.tree.map(jnp.copy, params),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )
+
+
+def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
+    init_key, rng = jax.random.split(jax.random.key(config.seed))
+    graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
+    new = jax.jit(_new_state, static_argnums=0, out_shardings=sharding)
+    return graphdef, new(config, params, jax.random.key_data(rng))
+
+
+def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
+    """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
+    params = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    rng = jax.random.key_data(jax.random.key(0))
+    shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    diffusion: GaussianDiffusion,
+    config: TrainConfig,
+    mesh: jax.sharding.Mesh | None = None,
+) -> Callable:
+    """The jitted step ``(state, batch (B, H, W, C), key) → (state, metrics)``; ``state`` is donated.
+
+    The batch (already normalised) is split into ``grad_accum`` micro-batches ``batch[i::grad_accum]`` (so each
+    stays spread over every device), gradients are averaged over them with ``lax.scan``. With ``mesh`` the
+    batch is sharded on ``"data"`` and the state replicated.
+    """
+    optimizer = make_optimizer(config)
+    accum = config.grad_accum
+
+    def loss_fn(params, micro, key):
+        loss_key, dropout_key = jax.random.split(key)
+        model = nnx.merge(graphdef, params)
+        apply_fn = lambda x_t, t: model(x_t, t, dropout_key=dropout_key)
+        return diffusion.loss(apply_fn, loss_key, micro)
+
+    def step(state: TrainState, batch: jax.Array, key: jax.Array):
+        micro = batch.reshape(batch.shape[0] // accum, accum, *batch.shape[1:]).swapaxes(0, 1)
+        grad_fn = jax.value_and_grad(loss_fn)
+
+        def accumulate(carry, inputs):
+            loss_sum, grad_sum = carry
+            i, x = inputs
+            loss, grads = grad_fn(state.params, x, jax.random.fold_in(key, i))
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), (jnp.arange(accum), micro))
+        loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        d = config.ema_decay
+        ema = jax.tree.map(lambda e, p: e + (1 - d) * (p - e), state.ema, params)
+        new = state.replace(params=params, opt_state=opt_state, ema=ema, step=state.step + 1)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return jax.jit(step, in_shardings=(replicated, data, replicated), out_shardings=replicated, donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs: run.json, the diffusion it defines, checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What ``run.json`` holds: the config, the data normaliser (per-channel mean, std), Δ and channel cov."""
+
+    config: TrainConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    delta: float | None = None
+    channel_cov: tuple[tuple[float, ...], ...] | None = None
+
+    @property
+    def diffusion(self) -> GaussianDiffusion:
+        c = self.config
+        noise = WhiteNoise()
+        if c.noise == "cloud":
+            noise = PowerLawNoise(
+                self.delta, channel_cov=None if self.channel_cov is None else np.array(self.channel_cov)
+            )
+        return GaussianDiffusion(noise, c.schedule, c.prediction, c.loss_weighting)
+
+    def normalize(self, x):
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def denormalize(self, x):
+        return x * jnp.asarray(self.std, jnp.float32) + jnp.asarray(self.mean, jnp.float32)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Run:
+        d = json.loads(text)
+        d["config"] = TrainConfig(**d["config"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        if d["channel_cov"] is not None:
+            d["channel_cov"] = tuple(tuple(row) for row in d["channel_cov"])
+        return cls(**d)
+
+
+def _measure(config: TrainConfig, source) -> Run:
+    """Normaliser (and Δ, channel covariance for cloud noise) from a seeded sample every process reads whole."""
+    n = min(config.normalizer_examples, source.num_examples)
+    idx = np.sort(np.random.default_rng(config.seed).permutation(source.num_examples)[:n])
+    x = np.asarray(source.get(idx), np.float64)
+    mean, std = x.mean(axis=(0, 1, 2)), np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
+    run = Run(config, tuple(map(float, mean)), tuple(map(float, std)))
+    if config.noise == "white":
+        return run
+    z = run.normalize(x).astype(np.float32)
+    delta = config.delta
+    if delta is None:
+        from cloudjax.stats import fit_power_law
+
+        delta = float(fit_power_law(z).delta)
+    cov = None
+    if config.channels > 1:
+        cov = tuple(tuple(map(float, row)) for row in np.cov(z.reshape(-1, config.channels), rowvar=False))
+    return dataclasses.replace(run, delta=delta, channel_cov=cov)
+
+
+def _manager(workdir: Path, config: TrainConfig) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, save_interval_steps=config.checkpoint_every)
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def _restore(manager, step: int, config: TrainConfig, sharding: NamedSharding) -> tuple[TrainState, dict]:
+    """Checkpoint ``step`` restored onto ``sharding`` (any device count: the target carries the shardings)."""
+    target = abstract_state(config, sharding)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    restored = manager.restore(step, args=args)
+    return restored.state, restored.meta
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> tuple[Run, nnx.GraphDef, TrainState]:
+    """``(run, graphdef, state)`` of the newest (or ``step``'s) checkpoint in ``workdir``, on this process's devices."""
+    workdir = Path(workdir)
+    if not (workdir / "run.json").exists():
+        raise ValueError(f"workdir {workdir} holds no run (no run.json)")
+    run = Run.from_json((workdir / "run.json").read_text())
+    manager = _manager(workdir, run.config)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise ValueError(f"workdir {workdir} holds no checkpoint yet")
+    state, _ = _restore(manager, step, run.config, NamedSharding(make_mesh(), P()))
+    manager.close()
+    return run, _graphdef(run.config), state
+
+
+@functools.lru_cache
+def _denoiser(graphdef: nnx.GraphDef) -> Callable:
+    """One function object per network, so the sampler compiles once per (network, shape, steps, method)."""
+    return lambda params, x, t: nnx.merge(graphdef, params)(x, t)
+
+
+def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps: int = 50, method: str = "ddim", **kw):
+    """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA)."""
+    c = run.config
+    shape = (num, c.image_size, c.image_size, c.channels)
+    x = sample(
+        jax.tree_util.Partial(_denoiser(graphdef), params), run.diffusion, key, shape, steps=steps, method=method, **kw
+    )
+    return np.asarray(run.denormalize(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Logger:
+    """metrics.jsonl (process 0), TensorBoard events if tensorboardX is installed, a line on stderr."""
+
+    def __init__(self, workdir: Path, enabled: bool, stream):
+        self.enabled, self.stream = enabled, stream
+        self.file = open(workdir / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict, line: str) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption) while training; agreed on by all processes before acting."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "set", True))
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def __bool__(self) -> bool:
+        if jax.process_count() == 1:
+            return self.set
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.process_allgather(np.int32(self.set)).max())
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def train(config: TrainConfig, workdir: str | Path, source=None, stream=sys.stderr) -> dict:
+    """Train (or resume) the run in ``workdir`` up to ``config.steps``; returns a summary dict.
+
+    ``source`` overrides the dataset named by the config (anything with ``num_examples``, ``image_shape``,
+    ``get``). Saves a checkpoint every ``checkpoint_every`` steps, at the end, and on SIGTERM (then
+    ``summary["preempted"]`` is True). Raises :class:`TrainingDiverged` on a NaN/Inf loss (nothing of the
+    bad step is saved) and ``ValueError`` for a workdir holding a different run.
+    """
+    from cloudjax.data import BatchIterator, open_source
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lead = jax.process_index() == 0
+    if source is None:
+        source = open_source(config.data, config.image_size, config.channels, config.data_dir, config.seed)
+    if tuple(source.image_shape) != (config.image_size, config.image_size, config.channels):
+        raise ValueError(
+            f"data images are {source.image_shape}, config expects {config.image_size}² × {config.channels}"
+        )
+
+    run_file = workdir / "run.json"
+    if run_file.exists():
+        run = Run.from_json(run_file.read_text())
+        old, new = dataclasses.asdict(run.config), dataclasses.asdict(config)
+        changed = [f"{k}: {old[k]!r} → {new[k]!r}" for k in old if k not in _RESUMABLE_FIELDS and old[k] != new[k]]
+        if changed:
+            raise ValueError(f"workdir {workdir} holds a different run ({'; '.join(changed)}); use a new --workdir")
+        run = dataclasses.replace(run, config=config)
+    else:
+        run = _measure(config, source)
+    if lead:
+        run_file.write_text(run.to_json())
+
+    mesh = make_mesh()
+    replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    manager = _manager(workdir, config)
+    start = manager.latest_step()
+    if start is None:
+        graphdef, state = init_state(config, replicated)
+        data_step = 0
+    else:
+        graphdef = _graphdef(config)
+        state, meta = _restore(manager, start, config, replicated)
+        data_step = meta["data_step"]
+    step_fn = make_train_step(graphdef, run.diffusion, config, mesh)
+    batches = BatchIterator(source, config.batch_size, config.seed, step=data_step)
+    base_key = jax.random.wrap_key_data(jnp.copy(state.rng))  # a buffer of its own: the state is donated
+    logger = _Logger(workdir, lead, stream)
+    step, last_saved, preempted = int(state.step), start, False
+
+    def save(force: bool) -> None:
+        nonlocal last_saved
+        meta = {"step": step, "data_step": batches.step}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if manager.save(step, args=args, force=force):
+            last_saved = step
+
+    def check(loss: float, at: int) -> None:
+        if not math.isfinite(loss):
+            manager.wait_until_finished()
+            where = f"step {last_saved} in {workdir / 'checkpoints'}" if last_saved is not None else "none yet"
+            raise TrainingDiverged(f"loss is {loss} at step {at}; training stopped; last good checkpoint: {where}")
+
+    pending, losses, tick, tick_step = None, [], time.perf_counter(), step
+    try:
+        with _StopFlag() as stop:
+            while step < config.steps:
+                batch = run.normalize(next(batches)).astype(np.float32)
+                batch = jax.make_array_from_process_local_data(data_sharding, batch)
+                state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
+                step += 1
+                if pending is not None:  # read the previous step's loss while this one runs
+                    losses.append(float(pending[1]["loss"]))
+                    check(losses[-1], pending[0])
+                pending = (step, metrics)
+                final = step == config.steps or bool(stop)
+                if final or manager.should_save(step):
+                    losses.append(float(metrics["loss"]))
+                    check(losses[-1], step)
+                    pending = None
+                    save(force=final)
+                if step % config.log_every == 0 or final:
+                    now = time.perf_counter()
+                    rate = (step - tick_step) * config.batch_size / max(now - tick, 1e-9)
+                    loss = float(np.mean(losses)) if losses else float(metrics["loss"])
+                    record = {
+                        "step": step,
+                        "loss": loss,
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "images_per_s": rate,
+                    }
+                    eta = _clock((config.steps - step) * config.batch_size / max(rate, 1e-9))
+                    line = f"step {step}/{config.steps}  loss {loss:.4f}  {rate:.1f} img/s  ETA {eta}"
+                    logger.write(record, line)
+                    losses, tick, tick_step = [], now, step
+                if config.sample_every and step % config.sample_every == 0 and lead:
+                    _sample_grid(run, graphdef, state.ema, workdir / "samples" / f"{step:08d}.png")
+                if stop:
+                    preempted = True
+                    break
+            if pending is not None:
+                check(float(pending[1]["loss"]), pending[0])
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        logger.close()
+    if preempted and lead:
+        print(f"SIGTERM: saved checkpoint at step {step}, exiting", file=stream, flush=True)
+    return {"step": step, "preempted": preempted, "last_checkpoint": last_saved, "delta": run.delta}
+
+
+def _sample_grid(run: Run, graphdef, params, path: Path, num: int = 16, steps: int = 50) -> None:
+    from cloudjax.plots import save_image_grid
+
+    images = generate(run, graphdef, params, jax.random.key(run.config.seed), num, steps=steps)
+    save_image_grid(images, path)
