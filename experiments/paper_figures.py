@@ -488,16 +488,18 @@ def _log_spectrum(x: np.ndarray) -> np.ndarray:
 
 def fig14_forward_process(s: Shared, out: Path) -> dict:
     """``x_t = α_t x0 + σ_t ε`` (eq. 35, offset-cosine schedule) for white and cloud noise, in real space and as
-    log |Z|. ``log_spectrum_correlation``: per t, the correlation over modes of log |Z(x_t)| with log |Z(x0)|,
-    averaged over up to 36 images: how much x_t still looks like x0 in Fourier space."""
+    log |Z|, x0 first. ``log_spectrum_correlation``: per t, the correlation over modes of log |Z(x_t)| with
+    log |Z(x0)|, averaged over up to 42 images: how much x_t still looks like x0 in Fourier space."""
     H, W = s.mean.shape
-    times = np.array((0.0, *s.config.times, 1.0), np.float32)
+    times = np.array((*s.config.times, 1.0), np.float32)
     count = min(NOISE_BATCH // len(times), len(s.normed))
     x0 = s.normed[_rng(s, 14).choice(len(s.normed), count, replace=False)]
     batch = np.repeat(x0[:, None, ..., None], len(times), axis=1).reshape(-1, H, W, 1)
     t = np.tile(times, len(x0))
-    fig = _figure(figsize=(1.6 * len(times), 7.0))
-    axes = fig.subplots(4, len(times))
+    reference = _log_spectrum(x0)[:, None]
+    reference = reference - reference.mean((-2, -1), keepdims=True)
+    fig = _figure(figsize=(1.6 * (len(times) + 1), 7.0))
+    axes = fig.subplots(4, len(times) + 1)
     numbers = dict(times=times)
     for row, (name, noise) in enumerate(_noises(s).items()):
         diffusion = GaussianDiffusion(noise=noise, schedule="offset_cosine")
@@ -505,14 +507,16 @@ def fig14_forward_process(s: Shared, out: Path) -> dict:
         xt = np.asarray(diffusion.q_sample(None, batch, t, noise=eps))[..., 0].reshape(len(x0), len(times), H, W)
         spectra = _log_spectrum(xt)
         centred = spectra - spectra.mean((-2, -1), keepdims=True)
-        corr = np.sum(centred * centred[:, :1], (-2, -1)) / np.sqrt(
-            np.sum(centred**2, (-2, -1)) * np.sum(centred[:, :1] ** 2, (-2, -1))
+        corr = np.sum(centred * reference, (-2, -1)) / np.sqrt(
+            np.sum(centred**2, (-2, -1)) * np.sum(reference**2, (-2, -1))
         )
         numbers[name] = dict(log_spectrum_correlation=corr.mean(0))
         lo, hi = np.percentile(spectra[0], (1, 99))
-        for col, time in enumerate(times):
-            _show(axes[2 * row, col], xt[0, col], f"{name}, t = {time:.1f}", cmap="gray", vmin=-2.5, vmax=2.5)
-            _show(axes[2 * row + 1, col], spectra[0, col], "log10 |Z|", cmap="viridis", vmin=lo, vmax=hi)
+        panels = [("x0", x0[0], _log_spectrum(x0[0]))]
+        panels += [(f"{name}, t = {time:.1f}", xt[0, i], spectra[0, i]) for i, time in enumerate(times)]
+        for col, (title, image, spectrum) in enumerate(panels):
+            _show(axes[2 * row, col], image, title, cmap="gray", vmin=-2.5, vmax=2.5)
+            _show(axes[2 * row + 1, col], spectrum, "log10 |Z|", cmap="viridis", vmin=lo, vmax=hi)
     _save(fig, out / "fig14_forward_process.png")
     numbers["alpha"], numbers["sigma"] = diffusion.alpha_sigma(times)
     return numbers
@@ -521,9 +525,9 @@ def fig14_forward_process(s: Shared, out: Path) -> dict:
 def fig17_radial_snr(s: Shared, out: Path) -> dict:
     """Radial spectra of the signal ``α_t² Γ(k)`` (data) and the noise ``σ_t² S(k)`` over t (eqs. 36–37).
 
-    Per t and noise: ``crossing_k``, where the radial SNR first falls through 1 (:func:`crossing_frequency`);
-    ``snr_above_one``, the fraction of modes (DC excluded) whose SNR exceeds 1; ``log10_snr_range``, how many
-    decades the radial SNR spans over |k| (0 for a flat SNR).
+    Per noise: ``log10_snr_range``, how many decades the radial SNR ``α_t² Γ / σ_t² S`` spans over |k| (the
+    same at every t; 0 for a flat SNR); and per t, ``crossing_k``, where the radial SNR first falls through 1
+    (:func:`crossing_frequency`), and ``snr_above_one``, the fraction of modes (DC excluded) with SNR > 1.
     """
     from matplotlib import colormaps
 
@@ -540,19 +544,12 @@ def fig17_radial_snr(s: Shared, out: Path) -> dict:
     for ax, (name, noise) in zip(axes, _noises(s).items(), strict=True):
         variance = noise.fourier_variance(H, W)
         noise_profile = np.asarray(cj.radial_profile(variance)[1])[1:]
-        rows = []
+        ratio = profile / noise_profile
+        numbers[name] = dict(log10_snr_range=np.log10(ratio.max() / ratio.min()), crossing_k=[], snr_above_one=[])
         for a, sg, colour, t in zip(alpha, sigma, colours, times, strict=True):
-            snr = a**2 * profile / (sg**2 * noise_profile)
-            crossing = crossing_frequency(k, snr)
-            mode_snr = (a**2 * gamma / (sg**2 * variance)).ravel()[1:]
-            rows.append(
-                dict(
-                    t=t,
-                    crossing_k=crossing,
-                    snr_above_one=np.mean(mode_snr > 1),
-                    log10_snr_range=np.log10(snr.max() / snr.min()),
-                )
-            )
+            crossing = crossing_frequency(k, a**2 * ratio / sg**2)
+            numbers[name]["crossing_k"].append(crossing)
+            numbers[name]["snr_above_one"].append(np.mean((a**2 * gamma / (sg**2 * variance)).ravel()[1:] > 1))
             ax.loglog(k, a**2 * profile, c=colour, label=f"signal, t = {t:.1f}")
             ax.loglog(k, sg**2 * noise_profile, c=colour, ls="--")
             if crossing is not None:
@@ -560,7 +557,6 @@ def fig17_radial_snr(s: Shared, out: Path) -> dict:
         ax.set_title(f"{name} noise (dashed), crossings dotted")
         ax.set_xlabel("|k| (cycles / pixel)")
         ax.tick_params(axis="x", which="minor", labelbottom=False)
-        numbers[name] = rows
     axes[0].set_ylabel("radial Π-space variance")
     axes[0].legend(fontsize=7)
     _save(fig, out / "fig17_radial_snr.png")
@@ -619,10 +615,11 @@ def fig19_mahalanobis(s: Shared, out: Path) -> dict:
 
 def wager_figure(s: Shared, out: Path) -> dict:
     """§2.1–2.6, the wager: guess pixel 2 from pixel 1 on held-out images (:func:`wager`); the empirical
-    correlation against the model's ρ and the error of both models by distance, and a Table 1 score card."""
+    correlation against the model's ρ and the error of both models by distance (rounded; distances with at
+    least 50 pairs), and a Table 1 score card."""
     w = wager(s.mean, s.std, s.heldout, s.fit.delta, s.config.pairs, _rng(s, 2))
     d = np.rint(w["distance"]).astype(int).ravel()
-    present = np.unique(d)
+    present = np.flatnonzero(np.bincount(d) >= 50)
 
     def by_distance(values):
         return np.array([values.ravel()[d == r].mean() for r in present])
