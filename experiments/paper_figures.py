@@ -30,6 +30,7 @@ import numpy as np
 import cloudjax as cj
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.plots import plot_power_law_fit
+from cloudjax.spectral import radial_bins
 from cloudjax.stats import fit_power_law, mahalanobis_table
 
 PAD = 3  # cloud noise is the centre crop of a 3N × 3N periodic field (the paper's recipe, the library default)
@@ -122,6 +123,21 @@ def cross_mask(H: int, W: int, width: int) -> np.ndarray:
     ky = np.abs(np.fft.fftfreq(H) * H)[:, None]
     kx = np.abs(np.fft.fftfreq(W) * W)[None, :]
     return (ky < width) | (kx < width)
+
+
+def cross_excess(power: np.ndarray, width: int) -> float:
+    """How much stronger the central cross is than the rest at equal |k|, for a centred ``(H, W)`` power
+    spectrum: the geometric mean over rings of equal |k| of (mean power on the cross) / (mean power off it).
+    1 for a radial spectrum."""
+    H, W = power.shape
+    cross = np.fft.fftshift(cross_mask(H, W, width))
+    rings = np.fft.fftshift(radial_bins(H, W)[0])
+    ratios = [
+        power[(rings == r) & cross].mean() / power[(rings == r) & ~cross].mean()
+        for r in range(1, rings.max() + 1)
+        if ((rings == r) & cross).any() and ((rings == r) & ~cross).any()
+    ]
+    return float(np.exp(np.mean(np.log(ratios))))
 
 
 def offdiag_fraction(samples: np.ndarray, standardize: bool = False) -> float:
@@ -323,16 +339,11 @@ def fig05_covariance(s: Shared, out: Path) -> dict:
 
 
 def fig06_fourier_samples(s: Shared, out: Path) -> dict:
-    """Images with the real part, imaginary part and magnitude of their centred FFT Z (eq. 6)."""
+    """Images with the real part, imaginary part and magnitude of their centred FFT Z (eq. 6), and the
+    :func:`cross_excess` of each one's power |Z|²."""
     idx = _rng(s, 6).choice(len(s.images), 4, replace=False)
-    H, W = s.mean.shape
-    cross = _centred_cross(s)
-    cross[H // 2, W // 2] = False  # the mean mode counts on neither side
-    dc = np.zeros((H, W), bool)
-    dc[H // 2, W // 2] = True
     fig = _figure(figsize=(8, 2.1 * len(idx)))
     axes = fig.subplots(len(idx), 4)
-    fractions = []
     for row, n in enumerate(idx):
         z = s.fourier[n]
         lim = np.percentile(np.abs(z), 99)
@@ -340,10 +351,8 @@ def fig06_fourier_samples(s: Shared, out: Path) -> dict:
         _show(axes[row, 1], z.real, "Re Z", cmap="RdBu_r", vmin=-lim, vmax=lim)
         _show(axes[row, 2], z.imag, "Im Z", cmap="RdBu_r", vmin=-lim, vmax=lim)
         _show(axes[row, 3], np.log10(np.abs(z) + 1e-6), "log10 |Z|", cmap="viridis")
-        power = np.abs(z) ** 2
-        fractions.append(power[cross].sum() / power[~dc].sum())
     _save(fig, out / "fig06_fourier_samples.png")
-    return dict(indices=idx, cross_power_fraction=fractions, cross_mode_fraction=cross.sum() / (H * W - 1))
+    return dict(indices=idx, cross_excess=[cross_excess(np.abs(s.fourier[n]) ** 2, s.config.cross) for n in idx])
 
 
 def fig07_fourier_covariance(s: Shared, out: Path) -> dict:
@@ -394,31 +403,17 @@ def fig07_fourier_covariance(s: Shared, out: Path) -> dict:
 
 
 def fig08_gamma_diag(s: Shared, out: Path) -> dict:
-    """``Γ_diag = E|Z_ij|²`` whole and with the central cross masked; ``cross_excess`` is the geometric mean over
-    rings of equal |k| of (mean Γ on the cross) / (mean Γ off it): 1 for a radial Γ."""
+    """``Γ_diag = E|Z_ij|²`` whole and with the central cross masked; its :func:`cross_excess` and DC value."""
     H, W = s.mean.shape
     gamma = np.mean(np.abs(s.fourier) ** 2, axis=0)
-    cross = _centred_cross(s)
     fig = _figure(figsize=(6, 3.2))
     axes = fig.subplots(1, 2)
     lo, hi = np.log10(gamma).min(), np.log10(gamma).max()
     _show(axes[0], np.log10(gamma), "log10 Γ_diag", cmap="viridis", vmin=lo, vmax=hi)
-    _show(
-        axes[1],
-        np.where(cross, np.nan, np.log10(gamma)),
-        "log10 Γ_diag, cross masked",
-        cmap="viridis",
-        vmin=lo,
-        vmax=hi,
-    )
+    masked = np.where(_centred_cross(s), np.nan, np.log10(gamma))
+    _show(axes[1], masked, "log10 Γ_diag, cross masked", cmap="viridis", vmin=lo, vmax=hi)
     _save(fig, out / "fig08_gamma_diag.png")
-    rings = np.fft.fftshift(cj.spectral.radial_bins(H, W)[0])
-    ratios = [
-        gamma[(rings == r) & cross].mean() / gamma[(rings == r) & ~cross].mean()
-        for r in range(1, rings.max() + 1)
-        if ((rings == r) & cross).any() and ((rings == r) & ~cross).any()
-    ]
-    return dict(cross_excess=np.exp(np.mean(np.log(ratios))), dc=gamma[H // 2, W // 2], mean=gamma.mean())
+    return dict(cross_excess=cross_excess(gamma, s.config.cross), dc=gamma[H // 2, W // 2], mean=gamma.mean())
 
 
 def fig09_power_law_fit(s: Shared, out: Path) -> dict:

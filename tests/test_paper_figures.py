@@ -75,6 +75,7 @@ def test_patches_statistics_match_the_paper_qualitatively(report):
     assert n["fig04_images_vs_white"]["neighbour_correlation"]["images"] > 0.7
     assert abs(n["fig04_images_vs_white"]["neighbour_correlation"]["white"]) < 0.05
     assert 1.0 < n["fig09_power_law_fit"]["delta"] < 1.7
+    assert n["fig08_gamma_diag"]["cross_excess"] > 1.3  # the central cross of Figs. 6-8
     for point in n["fig07_fourier_covariance"]["points"]:
         assert point["relation_error"] < 1e-4  # C is Γ reflected and conjugated (eq. 10), exactly
     tiling = n["fig10_11_tiling"]
@@ -154,6 +155,15 @@ def test_offdiag_fraction_is_unbiased():
         assert pf.offdiag_fraction(cloud, standardize) == pytest.approx(_exact_fraction(real, standardize), abs=0.05)
         pi = cloud @ _pi_matrix(16, 16)
         assert pf.offdiag_fraction(pi, standardize) == pytest.approx(_exact_fraction(fourier, standardize), abs=0.05)
+
+
+def test_cross_excess():
+    """1 for a radial power law (up to the ring quantisation), doubled by a doubled cross."""
+    k = np.fft.fftshift(cj.wavenumbers(32, 32)).astype(np.float64)
+    power = np.maximum(k, 1 / 32) ** -3.0
+    cross = np.fft.fftshift(pf.cross_mask(32, 32, 4))
+    assert pf.cross_excess(power, 4) == pytest.approx(1, abs=0.05)
+    assert pf.cross_excess(np.where(cross, 2 * power, power), 4) == pytest.approx(2, rel=0.05)
 
 
 def test_crossing_frequency():
