@@ -31,7 +31,7 @@ import cloudjax as cj
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.plots import plot_power_law_fit
 from cloudjax.spectral import radial_bins
-from cloudjax.stats import fit_power_law, mahalanobis_table
+from cloudjax.stats import PowerLawFit, cross_mask, fit_power_law, mahalanobis_table
 
 PAD = 3  # cloud noise is the centre crop of a 3N × 3N periodic field (the paper's recipe, the library default)
 NOISE_BATCH = 256  # noise fields per draw: one array shape for every draw, so JAX compiles the kernels once
@@ -85,7 +85,7 @@ class Shared:
     normed: np.ndarray  # (N, H, W) (x − μ)/σ (eq. 19)
     fourier: np.ndarray  # (N, H, W) complex FFT of normed, orthonormal, centred: DC at (H//2, W//2)
     pi: np.ndarray  # (N, H, W) Π∘FFT of normed in rfft_real's unshifted layout
-    fit: object  # cj.fit_power_law of normed: .delta, .amplitude, .r_value
+    fit: PowerLawFit  # of normed: .delta, .amplitude, .r_value; .mask = the modes off the cross (Π layout)
     key: jax.Array
 
 
@@ -100,29 +100,17 @@ def analyse(images: np.ndarray, heldout: np.ndarray, config: Config) -> Shared:
     fourier = np.fft.fftshift(np.fft.fft2(normed, norm="ortho"), axes=(-2, -1))
     pi = np.asarray(cj.rfft_real(normed, axes=(-2, -1)))
     fit = fit_power_law(normed[..., None], mask_cross=config.cross)
-    return Shared(
-        config,
-        images,
-        np.asarray(heldout, np.float32),
-        mean,
-        std,
-        normed,
-        fourier,
-        pi,
-        fit,
-        jax.random.key(config.seed),
-    )
+    heldout, key = np.asarray(heldout, np.float32), jax.random.key(config.seed)
+    return Shared(config, images, heldout, mean, std, normed, fourier, pi, fit, key)
 
 
 # ------------------------------------------------------------------------------------------ measurements
 
 
-def cross_mask(H: int, W: int, width: int) -> np.ndarray:
-    """``(H, W)`` bool in rfft_real's unshifted layout: True on the central cross |k_y|·H < width or
-    |k_x|·W < width (the modes the paper masks; ``np.fft.fftshift`` gives the centred mask)."""
-    ky = np.abs(np.fft.fftfreq(H) * H)[:, None]
-    kx = np.abs(np.fft.fftfreq(W) * W)[None, :]
-    return (ky < width) | (kx < width)
+def centred_cross(H: int, W: int, width: int) -> np.ndarray:
+    """``(H, W)`` bool, True on the central cross ``|k_y|·H < width`` or ``|k_x|·W < width`` (DC included) in
+    the centred layout: the modes the paper masks."""
+    return np.fft.fftshift(~cross_mask(H, W, width))
 
 
 def cross_excess(power: np.ndarray, width: int) -> float:
@@ -130,7 +118,7 @@ def cross_excess(power: np.ndarray, width: int) -> float:
     spectrum: the geometric mean over rings of equal |k| of (mean power on the cross) / (mean power off it).
     1 for a radial spectrum."""
     H, W = power.shape
-    cross = np.fft.fftshift(cross_mask(H, W, width))
+    cross = centred_cross(H, W, width)
     rings = np.fft.fftshift(radial_bins(H, W)[0])
     ratios = [
         power[(rings == r) & cross].mean() / power[(rings == r) & ~cross].mean()
@@ -270,11 +258,6 @@ def _points(rng: np.random.Generator, allowed: np.ndarray, n: int) -> list[tuple
     return [(int(ys[i]), int(xs[i])) for i in pick]
 
 
-def _centred_cross(s: Shared) -> np.ndarray:
-    H, W = s.mean.shape
-    return np.fft.fftshift(cross_mask(H, W, s.config.cross))
-
-
 def _conjugate(z: np.ndarray) -> np.ndarray:
     """Move every centred mode to the position of its conjugate partner −k (180° about the centre)."""
     H, W = z.shape[-2:]
@@ -365,7 +348,7 @@ def fig07_fourier_covariance(s: Shared, out: Path) -> dict:
     the correlation matrix in real space, in Π space and in Π space without the cross.
     """
     N, H, W = s.fourier.shape
-    cross = _centred_cross(s)
+    cross = centred_cross(*s.mean.shape, s.config.cross)
     points = _points(_rng(s, 7), ~cross, s.config.points)
     fig = _figure(figsize=(8, 2.1 * len(points)))
     axes = fig.subplots(len(points), 4, squeeze=False)
@@ -392,8 +375,7 @@ def fig07_fourier_covariance(s: Shared, out: Path) -> dict:
             shown = np.where(cross, np.nan, cov.real) if col >= 2 else cov.real
             _show(axes[row, col], shown, f"Re {name}, kl = ({y}, {x})", cmap="RdBu_r", vmin=-diag, vmax=diag)
     _save(fig, out / "fig07_fourier_covariance.png")
-    kept = ~cross_mask(H, W, s.config.cross)
-    spaces = dict(real_space=s.normed, fourier=s.pi, fourier_masked=s.pi[:, kept])
+    spaces = dict(real_space=s.normed, fourier=s.pi, fourier_masked=s.pi[:, s.fit.mask])
     return dict(
         points=per_point,
         independent_rms_correlation=1 / np.sqrt(N),
@@ -410,7 +392,7 @@ def fig08_gamma_diag(s: Shared, out: Path) -> dict:
     axes = fig.subplots(1, 2)
     lo, hi = np.log10(gamma).min(), np.log10(gamma).max()
     _show(axes[0], np.log10(gamma), "log10 Γ_diag", cmap="viridis", vmin=lo, vmax=hi)
-    masked = np.where(_centred_cross(s), np.nan, np.log10(gamma))
+    masked = np.where(centred_cross(*s.mean.shape, s.config.cross), np.nan, np.log10(gamma))
     _show(axes[1], masked, "log10 Γ_diag, cross masked", cmap="viridis", vmin=lo, vmax=hi)
     _save(fig, out / "fig08_gamma_diag.png")
     return dict(cross_excess=cross_excess(gamma, s.config.cross), dc=gamma[H // 2, W // 2], mean=gamma.mean())

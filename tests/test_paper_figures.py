@@ -161,7 +161,7 @@ def test_cross_excess():
     """1 for a radial power law (up to the ring quantisation), doubled by a doubled cross."""
     k = np.fft.fftshift(cj.wavenumbers(32, 32)).astype(np.float64)
     power = np.maximum(k, 1 / 32) ** -3.0
-    cross = np.fft.fftshift(pf.cross_mask(32, 32, 4))
+    cross = pf.centred_cross(32, 32, 4)
     assert pf.cross_excess(power, 4) == pytest.approx(1, abs=0.05)
     assert pf.cross_excess(np.where(cross, 2 * power, power), 4) == pytest.approx(2, rel=0.05)
 
