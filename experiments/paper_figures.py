@@ -189,8 +189,9 @@ def wager(mean, std, heldout, delta, pairs, rng, pad=PAD) -> dict:
     ``(z1, z2)`` has correlation ρ = ρ(p2 − p1) (:func:`power_law_correlation`) and
     ``x2 | x1 ~ N(μ2 + σ2 ρ z1, σ2² (1 − ρ²))``.
 
-    Returns per-pair arrays (``distance``, ``z1``, ``z2``, ``rho``, ``value2``) and, per model, ``guess``,
-    ``var``, its mean squared error and mean Gaussian log-likelihood (nats per guess).
+    Returns ``(M, pairs)`` arrays (``distance``, ``positions`` (y1, x1, y2, x2), ``value1``, ``value2``, ``z1``,
+    ``z2``, ``rho``) and, per model, ``guess``, ``var``, the mean squared error and the mean Gaussian
+    log-likelihood (nats per guess).
     """
     M, H, W = heldout.shape
     rho_grid = power_law_correlation(H, W, delta, pad)
