@@ -63,3 +63,11 @@ def test_natural_spectrum_exponent():
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         patches(**kwargs)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_patches_rarely_repeat(size):
+    """Crops come from levels at least twice the patch side, so patches are (almost) all distinct."""
+    x = patches(2000, size, normalize=None)
+    distinct = np.unique(x.reshape(len(x), -1), axis=0)
+    assert len(x) - len(distinct) <= 10

@@ -4,8 +4,8 @@ A patch is a random ``N × N`` crop of one photo at a random scale: each photo i
 by block averaging over ``f × f`` pixels, ``f`` in 1, 2, 3, 4, 6, 8, and a crop of that level is a crop of
 side ``f·N`` of the photo, anti-aliased down to ``N``. Block (area) averaging keeps the power law of
 natural images: the fitted Δ stays ≈ 1.4 at every level, whereas Gaussian-smoothed interpolation
-(``skimage.transform.rescale``) steepens it to 2 and more. Drawing a photo, then a level large enough for
-``N``, then a position and a horizontal flip makes thousands of patches per second. Natural patches have
+(``skimage.transform.rescale``) steepens it to 2 and more. Drawing a photo, then a level at least ``2N`` on a
+side, then a position and a horizontal flip makes thousands of patches per second. Natural patches have
 a power-law Π-space variance with Δ ≈ 1.3–1.4 (:func:`cloudjax.fit_power_law`).
 """
 
@@ -82,7 +82,8 @@ def patches(
     if normalize is not None and num < 2:
         raise ValueError(f"normalize={normalize!r} needs num >= 2, got {num}")
     n = int(image_size)
-    usable = [[level for level in photo if min(level.shape[:2]) >= n] for photo in _pyramids(channels)]
+    # Levels at least 2N on a side offer (N + 1)² distinct crops or more; a smaller level would repeat patches.
+    usable = [[lv for lv in photo if min(lv.shape[:2]) >= 2 * n] or [photo[0]] for photo in _pyramids(channels)]
     rng = np.random.default_rng(seed)
     photo_ids = rng.integers(len(usable), size=num)
     u = rng.random((num, 3))
