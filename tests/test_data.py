@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cloudjax.data import BatchIterator, open_source
-from cloudjax.data.sources import ArraySource, letterboxed, prepare
+from cloudjax.data.sources import ArraySource, letterboxed, prepare, unboxed_indices
 
 
 def _ramp_source(n=37, size=4):
@@ -119,6 +119,8 @@ def test_drop_letterbox_subsets_a_source(tmp_path):
     np.savez(tmp_path / "d.npz", images=images, labels=np.arange(6))
     source = open_source(f"npz:{tmp_path / 'd.npz'}", 32, drop_letterbox=True)
     assert source.num_examples == 4
+    everything = open_source(f"npz:{tmp_path / 'd.npz'}", 32)
+    np.testing.assert_array_equal(unboxed_indices(everything, chunk=4), [0, 2, 3, 5])  # across chunk boundaries
     np.testing.assert_array_equal(source.get_labels([0, 1, 2, 3]), [0, 2, 3, 5])
     np.testing.assert_allclose(source.get([2]), images[[3], ..., None] / 255, atol=1e-6)
 
