@@ -162,7 +162,7 @@ class GaussianDiffusion:
         B = x0.shape[0]
         t = jnp.mod(jax.random.uniform(key_t, (), jnp.float32) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
         eps = self.noise.sample(key_eps, x0.shape)
-        x_t = self.q_sample(key_eps, x0, t, noise=eps)
+        x_t = self.q_sample(None, x0, t, noise=eps)
         err = apply_fn(x_t, t).astype(jnp.float32) - self.target(x0, eps, t)
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
 

@@ -122,9 +122,10 @@ def sample(
 
     Args:
       denoise_fn: ``denoise_fn(x_t, t)`` → the diffusion's prediction (ε, x0 or v) for x_t ``shape`` and t
-        ``(batch,)`` float32. The loop is compiled once per (function, shape, steps, method, stochastic or not): pass
-        the same function object to reuse it, and a ``jax.tree_util.Partial(apply, params)`` to pass
-        parameters as arguments rather than as compiled-in constants.
+        ``(batch,)`` float32. The loop is compiled once per (function, shape, steps, method, stochastic or
+        not) and reused for the same function object, so values a function closes over are compiled in as
+        constants: pass parameters that change (a model being trained) as arguments,
+        ``jax.tree_util.Partial(apply, params)`` with ``apply(params, x_t, t)``.
       diffusion: a :class:`~cloudjax.diffusion.GaussianDiffusion`.
       key: PRNG key; the same key gives the same samples.
       shape: ``(batch, H, W, C)``.

@@ -43,6 +43,9 @@ def _log_snr(alpha: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
 class CosineSchedule:
     """θ_t = θ_0 + t (θ_1 − θ_0) with θ = arccos α; ``α_t = cos θ_t``, ``σ_t = sin θ_t``.
 
+    The defaults span the full quarter turn (α_1 = 0: an ε prediction cannot be inverted at t = 1); the named
+    ``"cosine"`` stops at λ = ±15 instead.
+
     Attributes:
       alpha_start: α at t = 0, in (0, 1].
       alpha_end: α at t = 1, in [0, alpha_start).
@@ -120,9 +123,13 @@ class CalibratedSchedule:
 
     Written without λ so that the end points stay exact: ``α'² = r α² / (σ² + r α²)``, ``σ'² = σ² / (σ² + r α²)``.
     With r = mean(C) this is Falck et al.'s ``ᾱ_eq = ᾱ·mean(C) / (1 − ᾱ + ᾱ·mean(C))``.
+
+    Attributes:
+      base: the reference schedule.
+      snr_ratio: r > 0.
     """
 
-    base: CosineSchedule | LinearSchedule = struct.field(pytree_node=False, default_factory=CosineSchedule)
+    base: CosineSchedule | LinearSchedule = struct.field(pytree_node=False)
     snr_ratio: float = struct.field(pytree_node=False, default=1.0)
 
     def __post_init__(self):
