@@ -85,6 +85,109 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """A :class:`~cloudjax.train.TrainConfig` from the flags named like its fields (unset flags keep defaults)."""
+    import dataclasses
+
+    from cloudjax.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train or resume the run in --workdir up to --steps; exit 1 on divergence, 143 after SIGTERM."""
+    from cloudjax.train import TrainingDiverged, check_workdir, initialize_distributed, train
+
+    config = _train_config(args)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    try:
+        check_workdir(config, args.workdir)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    source = _open_data(args, channels=config.channels)
+    try:
+        summary = train(config, args.workdir, source=source)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"step {summary['step']}: checkpoint {summary['last_checkpoint']} in {args.workdir}")
+    return 143 if summary["preempted"] else 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    """EMA samples of the newest (or --checkpoint) checkpoint in --workdir → OUT.png grid + OUT.npz."""
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+
+    from cloudjax.plots import save_image_grid
+    from cloudjax.train import generate, load_run
+
+    if args.num < 1 or args.steps < 1:
+        raise UsageError(f"--num and --steps must be >= 1, got {args.num} and {args.steps}")
+    try:
+        run, graphdef, state = load_run(args.workdir, step=args.checkpoint)
+        images = generate(
+            run, graphdef, state.ema, jax.random.key(args.seed), args.num, args.steps, args.method, t_start=args.t_start
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    stem = out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, stem.with_suffix(".png"))
+    info = dict(step=int(state.step), seed=args.seed, method=args.method, steps=args.steps, t_start=args.t_start)
+    np.savez(stem.with_suffix(".npz"), images=images, **info)
+    print(f"{args.num} samples of step {info['step']} → {stem}.png, {stem}.npz")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Fit Δ on natural patches, train a white and a cloud tiny model, sample both, write a report folder."""
+    from cloudjax.train import run_demo
+
+    if args.minutes <= 0 or args.steps < 1:
+        raise UsageError(f"--minutes must be > 0 and --steps >= 1, got {args.minutes} and {args.steps}")
+    summary = run_demo(args.out, steps=args.steps, minutes=args.minutes, quick=args.quick, seed=args.seed)
+    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f})")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="run folder: run.json, checkpoints/, metrics.jsonl, samples/")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey (default), 3 RGB")
+    p.add_argument("--noise", choices=("white", "cloud"), default=None, help="noise model (default white)")
+    p.add_argument("--delta", type=float, default=None, help="cloud noise exponent Δ (default: fitted on the data)")
+    p.add_argument("--model", choices=("tiny", "small", "base"), default=None, help="UNet preset (default small)")
+    p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="computation dtype")
+    p.add_argument("--steps", type=int, default=None, help="total steps to reach (resumes below it)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (divides --batch-size)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 500)")
+    p.add_argument("--decay", choices=("cosine", "linear", "constant"), default=None, help="lr decay after warm-up")
+    p.add_argument("--decay-steps", type=int, default=None, help="lr schedule horizon (default --steps)")
+    p.add_argument("--final-lr-ratio", type=float, default=None, help="final lr / peak lr (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
+    p.add_argument("--clip-norm", type=float, default=None, help="global gradient-norm clip (default 1)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.999)")
+    p.add_argument("--schedule", choices=("cosine", "offset_cosine", "linear"), default=None, help="noise schedule")
+    p.add_argument("--prediction", choices=("eps", "x0", "v"), default=None, help="network target (default eps)")
+    p.add_argument("--loss-weighting", choices=("pixel", "mahalanobis", "min_snr"), default=None, help="loss norm")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
+    p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
+    p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")
+    p.add_argument("--log-every", type=int, default=None, help="metrics interval in steps (default 50)")
+    p.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes")
+    p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's index")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cloudjax", description="Diffusion with scale-invariant (cloud) noise.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -94,6 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=None, help="use only the first NUM images (default: all)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey, 3 RGB (default: the data's)")
     p.set_defaults(func=_cmd_stats)
+    p = sub.add_parser("train", help="train a diffusion model (resumes from the newest checkpoint in --workdir)")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("sample", help="sample a trained run: PNG grid + .npz")
+    p.add_argument("--workdir", required=True, help="the run folder written by train")
+    p.add_argument("--out", required=True, help="output path; writes OUT.png and OUT.npz")
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++2m"), default="ddim", help="sampler")
+    p.add_argument("--t-start", type=float, default=1.0, help="start time in (0, 1] (the author used 0.95 for cloud)")
+    p.add_argument("--checkpoint", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same samples)")
+    p.set_defaults(func=_cmd_sample)
+    p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
+    p.add_argument("--out", default="cloudjax-demo", help="report folder")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget for both models together")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per model (stops early at --minutes)")
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=_cmd_demo)
     del sub  # subcommands are added below as they land
     return parser
 

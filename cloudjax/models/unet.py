@@ -11,6 +11,7 @@ identity plus zero: training starts from a well-scaled function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -224,11 +225,17 @@ class UNet(nnx.Module):
 def init(config: UNetConfig, key: jax.Array, out_shardings=None) -> tuple[nnx.GraphDef, nnx.State]:
     """``(graphdef, state)`` of a new UNet, its parameters initialised in one jitted computation.
 
-    Eager NNX construction runs each initialiser op by op (seconds on CPU); this compiles once, without
-    backend optimisation (it runs once; optimising its hundreds of PRNG ops costs 10× the compile time).
-    ``nnx.merge(graphdef, state)`` gives the module back. ``out_shardings`` places the state (e.g. replicated).
+    Eager NNX construction runs each initialiser op by op (seconds on CPU); this compiles once per
+    (config, shardings), without backend optimisation (it runs once; optimising its hundreds of PRNG ops
+    costs 10× the compile time). ``nnx.merge(graphdef, state)`` gives the module back. ``out_shardings``
+    places the state (e.g. replicated).
     """
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
+    return graphdef, _compiled_init(config, out_shardings)(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(config: UNetConfig, out_shardings):
     build = jax.jit(lambda k: nnx.state(UNet(config, rngs=nnx.Rngs(k))), out_shardings=out_shardings)
-    state = build.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})(key)
-    return graphdef, state
+    key = jax.eval_shape(jax.random.key, 0)
+    return build.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})

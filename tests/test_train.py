@@ -1,0 +1,156 @@
+"""Trainer: sharded step = single-device step, exact resume after preemption, NaN stop, config checks.
+
+Every run here uses one config (tiny UNet, 8×8, batch 8), so the jitted step compiles once for the file.
+"""
+
+import dataclasses
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cloudjax.data.sources import ArraySource
+from cloudjax.train import (
+    TrainConfig,
+    TrainingDiverged,
+    _cached_train_step,
+    _measure,
+    init_state,
+    load_run,
+    make_mesh,
+    make_train_step,
+    train,
+)
+
+CONFIG = TrainConfig(
+    data="test",
+    model="tiny",
+    image_size=8,
+    batch_size=8,
+    steps=4,
+    lr=1e-3,
+    warmup_steps=0,
+    noise="cloud",
+    delta=1.0,
+    loss_weighting="mahalanobis",
+    checkpoint_every=2,
+    log_every=1,
+    normalizer_examples=64,
+)
+
+
+def _images(n=64):
+    return np.random.default_rng(0).integers(0, 256, (n, 8, 8), dtype=np.uint8)
+
+
+class _Source(ArraySource):
+    """64 random 8×8 images; ``get`` call number ``at`` sends SIGTERM or returns NaN images.
+
+    A new run reads the normaliser sample first (call 0), then the batch of step s in call s.
+    """
+
+    def __init__(self, at=None, action=None):
+        super().__init__(_images(), 8, None)
+        self.calls, self.at, self.action = 0, at, action
+
+    def get(self, indices):
+        x = super().get(indices)
+        self.calls += 1
+        if self.calls - 1 == self.at:
+            if self.action == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                x = np.full_like(x, np.nan)
+        return x
+
+
+def _max_diff(a, b):
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
+
+
+def test_sharded_step_equals_single_device_step():
+    assert jax.device_count() == 8
+    mesh = make_mesh()
+    run = _measure(CONFIG, _Source())
+    batch = run.normalize(_Source().get(np.arange(8))).astype(np.float32)
+    key = jax.random.key(3)
+    graphdef, fresh = init_state(CONFIG)
+    fresh = jax.tree.map(np.asarray, fresh)  # host copy: the steps donate their state
+    # a second step moves every parameter (after the first only the zero-initialised output layer has gradients)
+    one = jax.device_put(fresh, jax.devices()[0])
+    single = make_train_step(graphdef, run.diffusion, CONFIG)
+    sharded = _cached_train_step(graphdef, run, mesh)  # the one train() uses below: compiled once
+    one, m1 = single(one, batch, key)
+    one, m1 = single(one, batch, jax.random.key(4))
+    many = jax.device_put(fresh, NamedSharding(mesh, P()))
+    data = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    assert len(data.sharding.device_set) == 8
+    many, m8 = sharded(many, data, key)
+    many, m8 = sharded(many, data, jax.random.key(4))
+    assert abs(float(m1["loss"]) - float(m8["loss"])) < 1e-5
+    assert _max_diff(one.params, many.params) < 1e-5
+    assert _max_diff(one.ema, many.ema) < 1e-5
+    assert _max_diff(one.params, fresh.params) > 1e-4  # the steps did move the parameters
+
+
+def test_preempted_run_resumes_to_the_same_parameters(tmp_path):
+    straight = train(CONFIG, tmp_path / "straight", source=_Source())
+    assert straight["step"] == 4 and not straight["preempted"]
+
+    # SIGTERM arrives while the batch of step 2 is read: step 2 finishes, is checkpointed, training stops.
+    first = train(CONFIG, tmp_path / "resumed", source=_Source(at=2, action="sigterm"))
+    assert first["preempted"] and first["step"] == 2 and first["last_checkpoint"] == 2
+    second = train(CONFIG, tmp_path / "resumed", source=_Source())
+    assert second["step"] == 4 and not second["preempted"]
+
+    _, _, a = load_run(tmp_path / "straight")
+    _, _, b = load_run(tmp_path / "resumed")
+    assert int(a.step) == int(b.step) == 4
+    assert _max_diff(a.params, b.params) < 1e-6
+    assert _max_diff(a.ema, b.ema) < 1e-6
+    assert _max_diff(a.opt_state, b.opt_state) < 1e-6
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # steps 1, 2 before the preemption, 3, 4 after
+
+
+def test_sigterm_checkpoints_the_current_step(tmp_path):
+    # SIGTERM while the batch of step 3 (not a checkpoint step) is read: the checkpoint is step 3.
+    result = train(CONFIG, tmp_path, source=_Source(at=3, action="sigterm"))
+    assert result["preempted"] and result["step"] == 3 and result["last_checkpoint"] == 3
+    _, _, state = load_run(tmp_path)
+    assert int(state.step) == 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # the batch of step 3 is NaN; steps 1-2 are good and step 2 is checkpointed.
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3.*last good checkpoint: step 2"):
+        train(CONFIG, tmp_path, source=_Source(at=3, action="nan"))
+    _, _, state = load_run(tmp_path)
+    assert int(state.step) == 2
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
+    (tmp_path / "run.json").write_text(_measure(CONFIG, _Source()).to_json())
+    with pytest.raises(ValueError, match="holds a different run.*noise"):
+        train(dataclasses.replace(CONFIG, noise="white"), tmp_path, source=_Source())
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("grad_accum", 3, "grad_accum=3 must divide"),
+        ("noise", "pink", "noise must be"),
+        ("model", "huge", "model must be one of"),
+        ("image_size", 7, "divisible by 2"),
+        ("delta", -1.0, "delta must be"),
+    ],
+)
+def test_bad_config_raises_naming_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(CONFIG, **{field: value})
