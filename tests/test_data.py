@@ -1,6 +1,7 @@
 """Data sources and the per-host batch iterator: shapes, ranges, determinism, sharding, resume, errors."""
 
 import gzip
+import logging
 import struct
 
 import numpy as np
@@ -295,10 +296,10 @@ def test_tfds_source_reads_a_locally_built_dataset(tfds_dir):
     )
 
 
-def test_tfds_not_prepared_and_bad_split_are_one_line(tfds_dir, tmp_path):
+def test_tfds_not_prepared_and_bad_split_are_one_line(tfds_dir, tmp_path, caplog):
     with pytest.raises(ValueError, match=r"tfds dataset mnist is not prepared in .*tfds build mnist") as e:
         open_source("tfds:mnist", 8, data_dir=str(tmp_path))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and not [r for r in caplog.records if r.levelno >= logging.WARNING]
     with pytest.raises(ValueError, match="not prepared"):
         open_source("tfds:no_such_dataset_xyz", 8, data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="validation"):

@@ -10,6 +10,7 @@ tensorflow-datasets) are imported only by the sources that need them.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from pathlib import Path
 
@@ -226,11 +227,17 @@ class TfdsSource:
             f"tfds dataset {name} is not prepared in {where}: run `tfds build {name} --file_format=array_record` "
             "where there is internet, then pass --data-dir"
         )
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # the lookup warns about missing folders: our one line says it better
         try:
             builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(not_prepared) from None
-        if not builder.is_prepared():
+            prepared = False
+        finally:
+            absl.setLevel(level)
+        if not prepared:
             raise ValueError(not_prepared)
         try:
             self._records = builder.as_data_source(split=split)
