@@ -151,6 +151,7 @@ def test_npz_source_uint8_float_and_labels(tmp_path):
         ({"images": np.full((2, 4, 4), 2.0)}, r"float in \[0, 1\]"),
         ({"a": np.zeros((2, 4, 4)), "b": np.zeros(2)}, "expected 'images'"),
         ({"images": np.zeros((4, 4))}, "must be"),
+        ({"images": np.zeros((2, 4, 4, 4), np.uint8)}, "4 channels"),
     ],
 )
 def test_npz_errors_name_the_file(tmp_path, content, message):

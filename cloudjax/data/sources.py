@@ -64,12 +64,15 @@ def _native_channels(shape: tuple[int, ...], name: str) -> int:
 class ArraySource:
     """Images held in memory as ``(N, h, w[, c])`` uint8 or [0, 1] float, prepared batch by batch on ``get``."""
 
-    def __init__(self, images: np.ndarray, image_size: int, channels: int | None, labels=None, pad: int = 0):
+    def __init__(
+        self, images: np.ndarray, image_size: int, channels: int | None, labels=None, pad: int = 0, name="the array"
+    ):
+        native = _native_channels(images.shape[1:], name)
         self.images = images
         self.labels = None if labels is None else np.asarray(labels)
         self._prep = dict(image_size=image_size, channels=channels, pad=pad)
         self.num_examples = len(images)
-        self.image_shape = (image_size, image_size, channels or _native_channels(images.shape[1:], "the array"))
+        self.image_shape = (image_size, image_size, channels or native)
 
     def get(self, indices) -> np.ndarray:
         return prepare(self.images[np.asarray(indices)], **self._prep)
@@ -165,7 +168,7 @@ def npz_source(path: str, image_size: int, channels: int | None) -> ArraySource:
     floating = np.issubdtype(images.dtype, np.floating)
     if images.dtype != np.uint8 and not (floating and images.min() >= 0 and images.max() <= 1):
         raise ValueError(f"data: {path}:{key} must be uint8 or float in [0, 1] (dtype {images.dtype})")
-    return ArraySource(images, image_size, channels, labels=arrays.get("labels"))
+    return ArraySource(images, image_size, channels, labels=arrays.get("labels"), name=f"{path}:{key}")
 
 
 # ---------------------------------------------------------------------------------------------- lazy
@@ -254,12 +257,9 @@ class TfdsSource:
         if self._image_key is None:
             raise ValueError(f"data: tfds dataset {name} has no image feature (features: {list(features)})")
         self._has_labels = "label" in features
-        shape = features[self._image_key].shape
-        if channels is None:
-            channels = 1 if len(shape) == 2 else shape[-1]
-            channels = channels if channels in (1, 3) else 3  # unknown (None) or other: read as RGB
+        native = _native_channels(features[self._image_key].shape, f"tfds dataset {name}")
         self.num_examples = len(self._records)
-        self.image_shape = (image_size, image_size, channels)
+        self.image_shape = (image_size, image_size, channels or native)
         self.name = name
 
     def _read(self, indices) -> list[dict]:
