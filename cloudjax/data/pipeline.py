@@ -114,13 +114,13 @@ class BatchIterator:
         self.process_index = process_index
         self.process_count = process_count
         self.step = step
-        self._perm_cache: dict[int, np.ndarray] = {}
+        self._perm: tuple[int, np.ndarray] | None = None  # the last epoch's order
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of epoch ``epoch``: a permutation of ``range(num_examples)`` drawn from ``(seed, epoch)``."""
-        if epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.source.num_examples)}
-        return self._perm_cache[epoch]
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng((self.seed, epoch)).permutation(self.source.num_examples))
+        return self._perm[1]
 
     def indices(self, step: int | None = None) -> np.ndarray:
         """Example indices of this process's share of global batch ``step`` (default: the next one)."""
