@@ -2,6 +2,7 @@
 
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
+from cloudjax.models import UNet, UNetConfig
 from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
 from cloudjax.samplers import sample
 from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
@@ -17,5 +18,6 @@ from cloudjax.stats import (
     mahalanobis_table,
     mahalanobis_to_center,
 )
+from cloudjax.train import TrainConfig, generate, load_run, train
 
 __version__ = "0.1.0"
