@@ -186,7 +186,8 @@ def log_power_spectrum(x: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> tuple[
     return k, jnp.log(jnp.maximum(profile, _TINY))
 
 
-def spectral_distance(x: jnp.ndarray, y: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames="axes")
+def spectral_distance(x: jnp.ndarray, y: jnp.ndarray, axes: tuple[int, int] = (-3, -2)) -> jnp.ndarray:
     """RMS over |k| > 0 of ``log P_x(k) − log P_y(k)``, the radially averaged log power spectra.
 
     Natural-log units: 0.1 means the powers differ by about 10% on average; a set blurred until its
@@ -229,6 +230,7 @@ def frechet_distance(feat_x: np.ndarray, feat_y: np.ndarray) -> float:
     return float(mean_term + np.trace(cx) + np.trace(cy) - 2 * tr_sqrt)
 
 
+@functools.partial(jax.jit, static_argnames="radial")
 def fourier_features(x: jnp.ndarray, radial: bool = True) -> jnp.ndarray:
     """Π-space features of ``(N, H, W, C)`` images for :func:`frechet_distance`.
 
@@ -405,6 +407,7 @@ def high_frequency_features(x: jnp.ndarray, k_min: float = 0.25) -> jnp.ndarray:
     return jnp.log(jnp.maximum(profile.mean(axis=1)[:, keep], _TINY))
 
 
+@functools.partial(jax.jit, static_argnames=("k_min", "folds", "steps"))
 def high_frequency_test(
     real: jnp.ndarray,
     fake: jnp.ndarray,
