@@ -1,0 +1,441 @@
+"""White vs cloud noise: sample quality against network evaluations (NFE), per sampler and metric.
+
+For each dataset, a white-noise model and cloud-noise variants with the same UNet, training budget and seed
+are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every NFE and sampler,
+``--num-samples`` images are drawn from the same starting keys and scored against held-out data with every
+metric of :mod:`cloudjax.metrics`, plus seconds per image. Writes ``white_vs_cloud.json``
+(``{"config", "floor", "rows", "headline"}``), one metrics-vs-NFE plot and one sample sheet per dataset,
+and prints one JSON object per row.
+
+Cloud variants: ``cloud`` (Δ fitted to the data, the author's Mahalanobis loss, the white model's cosine
+schedule), ``cloud-pixel-loss``, ``cloud-calibrated`` (the schedule shifted so the cloud noise has the white
+schedule's mean per-mode SNR, Falck et al.), ``cloud-delta1.5`` (Δ = 1.5 instead of the fitted one) and
+``cloud-t0.95`` (the ``cloud`` model sampled from t = 0.95, as the author did).
+
+NFE is the number of network calls: the samplers take ``NFE − 1`` steps and denoise once more at the end.
+Headline: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
+as white noise at the largest NFE (null if none). ``floor`` holds each metric between two disjoint sets of
+real images: differences below it are sampling noise.
+
+    python benchmarks/white_vs_cloud.py                 # the real run (a GPU job)
+    python benchmarks/white_vs_cloud.py --tiny --out /tmp/wvc   # end-to-end check on a CPU, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import cloudjax as cj
+from cloudjax import metrics
+from cloudjax.data.pipeline import open_source
+from cloudjax.schedules import calibrated_schedule
+from cloudjax.stats import fit_power_law
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How one model is built and sampled. ``delta=None`` uses the Δ fitted to the training data."""
+
+    noise: str = "white"
+    delta: float | None = None
+    loss_weighting: str = "pixel"
+    schedule: str = "cosine"  # or "calibrated": the cloud noise gets the white schedule's mean per-mode SNR
+    t_start: float = 1.0
+    model_of: str | None = None  # sample another variant's model instead of training one
+
+
+VARIANTS = {
+    "white": Variant(),
+    "cloud": Variant("cloud", loss_weighting="mahalanobis"),
+    "cloud-pixel-loss": Variant("cloud", loss_weighting="pixel"),
+    "cloud-calibrated": Variant("cloud", loss_weighting="mahalanobis", schedule="calibrated"),
+    "cloud-delta1.5": Variant("cloud", delta=1.5, loss_weighting="mahalanobis"),
+    "cloud-t0.95": Variant("cloud", loss_weighting="mahalanobis", t_start=0.95, model_of="cloud"),
+}
+SAMPLERS = ("ddim", "ddpm", "dpm++2m")
+NFES = (5, 10, 20, 50, 100, 250, 1000)
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Training images, two disjoint held-out sets of ``num`` images (``ref`` for scores, ``ref2`` for the floor),
+    the training labels (or None), the Π-space variance of the normalised training data and its fitted Δ."""
+
+    name: str
+    train: np.ndarray
+    labels: np.ndarray | None
+    ref: np.ndarray
+    ref2: np.ndarray
+    mean: float
+    std: float
+    fourier_variance: np.ndarray
+    delta: float
+
+
+def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir: str | None, seed: int) -> Dataset:
+    """Open ``spec``; the last ``2 · num`` examples are held out (Fashion-MNIST ``all``: its test split)."""
+    source = open_source(spec, image_size, channels=1, data_dir=data_dir, seed=seed)
+    n = source.num_examples
+    if n < 2 * num + 2:
+        raise SystemExit(f"error: {spec} has {n} images, needs more than 2 × --num-samples = {2 * num}")
+    train_idx = np.arange(min(n - 2 * num, max_train))
+    try:
+        labels = source.get_labels(train_idx)
+    except ValueError:
+        labels = None
+    train = source.get(train_idx)
+    mean, std = float(train.mean()), float(train.std())
+    pi = np.asarray(cj.rfft_real((train[:4096] - mean) / std))
+    return Dataset(
+        name=spec.replace(":", "_").replace("/", "_"),
+        train=train,
+        labels=labels,
+        ref=source.get(np.arange(n - 2 * num, n - num)),
+        ref2=source.get(np.arange(n - num, n)),
+        mean=mean,
+        std=std,
+        fourier_variance=pi.var(axis=0).mean(axis=-1),
+        delta=float(fit_power_law(train[:4096]).delta),
+    )
+
+
+def diffusion_for(variant: Variant, data: Dataset) -> cj.GaussianDiffusion:
+    """The :class:`cloudjax.GaussianDiffusion` of ``variant`` (ε prediction) on ``data``."""
+    H, W = data.train.shape[1:3]
+    noise = cj.WhiteNoise() if variant.noise == "white" else cj.PowerLawNoise(variant.delta or data.delta)
+    schedule = variant.schedule
+    if schedule == "calibrated":
+        schedule = calibrated_schedule(data.fourier_variance, noise.fourier_variance(H, W), base="cosine")
+    return cj.GaussianDiffusion(noise=noise, schedule=schedule, prediction="eps", loss_weighting=variant.loss_weighting)
+
+
+# --- scoring ------------------------------------------------------------------------------------------------------
+
+
+def score(ref: np.ndarray, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int) -> dict[str, float]:
+    """Every metric of ``samples`` against ``ref`` (both ``(N, H, W, C)`` in data units)."""
+    k_swd, k_hf = jax.random.split(key)
+    swd = metrics.sliced_wasserstein(ref, samples, k_swd, num_patches=swd_patches)
+    result = {f"swd_{level}": float(v) for level, v in swd.items()}
+    result["spectral_distance"] = float(metrics.spectral_distance(ref, samples))
+    result["frechet_pixel"] = metrics.frechet_distance(ref.reshape(len(ref), -1), samples.reshape(len(samples), -1))
+    result["frechet_spectrum"] = metrics.frechet_distance(
+        metrics.fourier_features(ref), metrics.fourier_features(samples)
+    )
+    if classifier is not None:
+        feats = lambda x: metrics.classifier_features(classifier, x)
+        result["frechet_classifier"] = metrics.frechet_distance(feats(ref), feats(samples))
+    result["high_frequency_accuracy"] = float(metrics.high_frequency_test(ref, samples, k_hf))
+    result["sample_mean"] = float(samples.mean())
+    result["sample_std"] = float(samples.std())
+    return result
+
+
+def badness(metric: str, value: float) -> float:
+    """Lower is better: the high-frequency test scores its distance from chance (0.5)."""
+    return abs(value - 0.5) if metric == "high_frequency_accuracy" else value
+
+
+def headline(rows: list[dict]) -> dict:
+    """Smallest NFE at which each variant matches white noise at its largest NFE, per dataset/sampler/metric."""
+    out: dict = {}
+    white = {(r["dataset"], r["sampler"], r["nfe"]): r for r in rows if r["variant"] == "white"}
+    for r in rows:
+        if r["variant"] == "white":
+            continue
+        best_nfe = max(n for d, s, n in white if (d, s) == (r["dataset"], r["sampler"]))
+        target = white[(r["dataset"], r["sampler"], best_nfe)]["metrics"]
+        entry = out.setdefault(r["dataset"], {}).setdefault(r["variant"], {}).setdefault(r["sampler"], {})
+        for metric, value in r["metrics"].items():
+            if metric.startswith("sample_"):
+                continue
+            entry.setdefault(metric, {"white_nfe": best_nfe, "white": target[metric], "nfe_to_match": None})
+            matched = badness(metric, value) <= badness(metric, target[metric])
+            if matched and (entry[metric]["nfe_to_match"] is None or r["nfe"] < entry[metric]["nfe_to_match"]):
+                entry[metric]["nfe_to_match"] = r["nfe"]
+    return out
+
+
+# --- sampling -----------------------------------------------------------------------------------------------------
+
+
+# A model draws ``num`` samples in data units: ``model(key, num, steps, method, t_start) -> (num, H, W, C)``.
+Model = Callable[[jax.Array, int, int, str, float], np.ndarray]
+
+
+def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: int, seed: int):
+    """``num`` samples in data units and the seconds per image, compile time excluded.
+
+    Batch i starts from ``fold_in(key(seed), i)``, the same for every sampler and NFE of a model. Batch 0 also
+    compiles, so the clock runs over the others (or over batch 0 again when there is only one).
+    """
+    steps = nfe - 1  # the samplers call the network once more at the end
+    run = lambda i: model(jax.random.fold_in(jax.random.key(seed), i), batch, steps, sampler, t_start)
+    batches = [run(0)]
+    start = time.perf_counter()
+    batches += [run(i) for i in range(1, -(-num // batch))]
+    if len(batches) == 1:
+        start = time.perf_counter()
+        run(0)
+    seconds = (time.perf_counter() - start) / (batch * max(len(batches) - 1, 1))
+    return np.concatenate(batches)[:num], seconds
+
+
+# --- figures ------------------------------------------------------------------------------------------------------
+
+
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
+    """One panel per metric: value against NFE (log axis), a line per variant and sampler, the real-data floor."""
+    names = [m for m in rows[0]["metrics"] if not m.startswith("sample_")]
+    cols = 4
+    fig = _figure(figsize=(4 * cols, 3.2 * -(-len(names) // cols)))
+    axes = fig.subplots(-(-len(names) // cols), cols, squeeze=False).ravel()
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    styles = dict(zip(samplers, ("-", "--", ":", "-."), strict=False))
+    for ax, name in zip(axes, names, strict=False):
+        for i, variant in enumerate(variants):
+            for sampler in samplers:
+                pts = sorted(
+                    (r["nfe"], r["metrics"][name]) for r in rows if (r["variant"], r["sampler"]) == (variant, sampler)
+                )
+                if pts:
+                    ax.plot(
+                        *zip(*pts, strict=True),
+                        styles[sampler],
+                        color=f"C{i}",
+                        marker=".",
+                        label=f"{variant} {sampler}",
+                    )
+        ax.axhline(floor[name], color="grey", lw=0.8, ls="--", label="real vs real")
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_title(name, fontsize=9)
+    for ax in axes[len(names) :]:
+        ax.axis("off")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def _tile(images: np.ndarray, n: int = 4) -> np.ndarray:
+    """The first n² images ``(N, H, W, 1)`` as one ``(nH, nW)`` grid, clipped to [0, 1] for display."""
+    x = np.clip(images[: n * n, ..., 0], 0, 1)
+    x = np.concatenate([x, np.zeros((n * n - len(x), *x.shape[1:]))])
+    H, W = x.shape[1:]
+    return x.reshape(n, n, H, W).transpose(0, 2, 1, 3).reshape(n * H, n * W)
+
+
+def plot_samples(real: np.ndarray, sheets: dict[tuple[str, int], np.ndarray], path: Path) -> None:
+    """Real images, then one row per variant and one column per NFE (same starting noise along a row)."""
+    variants = list(dict.fromkeys(v for v, _ in sheets))
+    nfes = sorted({n for _, n in sheets})
+    fig = _figure(figsize=(2.2 * (len(nfes) + 1), 2.3 * len(variants)))
+    axes = fig.subplots(len(variants), len(nfes) + 1, squeeze=False)
+    for row, variant in enumerate(variants):
+        axes[row, 0].imshow(_tile(real), cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_title("data", fontsize=8)
+        for col, nfe in enumerate(nfes, start=1):
+            axes[row, col].imshow(_tile(sheets[(variant, nfe)]), cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_title(f"{variant}, NFE {nfe}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def oracle_model(variant: Variant, data: Dataset) -> Model:
+    """Sampling with the exact denoiser for Gaussian data of the training data's Π variance: what the noise and
+    the sampler do, with nothing learnt (``--denoiser oracle``, no training)."""
+    diffusion = diffusion_for(variant, data)
+    denoise = jax.tree_util.Partial(cj.gaussian_oracle(diffusion, data.fourier_variance))
+    shape = data.train.shape[1:]
+
+    def model(key, num, steps, method, t_start):
+        x = cj.sample(denoise, diffusion, key, (num, *shape), steps, method, t_start=t_start)
+        return np.asarray(x) * data.std + data.mean
+
+    return model
+
+
+def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) -> Model:
+    """The EMA UNet of variant ``name``: reused from ``--workdir-white/--workdir-cloud``, or trained with
+    :func:`cloudjax.train.train` in ``--workdir`` (which resumes, so a finished run is simply loaded)."""
+    from cloudjax.data.sources import ArraySource
+    from cloudjax.train import TrainConfig, generate, load_run, train
+
+    workdir = {"white": args.workdir_white, "cloud": args.workdir_cloud}.get(name)
+    if workdir is None:
+        variant = VARIANTS[name]
+        workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
+        config = TrainConfig(
+            data=spec,
+            data_dir=args.data_dir,
+            image_size=args.image_size,
+            channels=1,
+            model=args.model,
+            batch_size=args.train_batch,
+            steps=args.train_steps,
+            warmup_steps=min(500, args.train_steps // 10),
+            checkpoint_every=min(args.train_steps, 5000),
+            noise=variant.noise,
+            delta=variant.delta,
+            schedule=variant.schedule,
+            loss_weighting=variant.loss_weighting,
+            seed=args.seed,
+        )
+        train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
+    run, graphdef, state = load_run(workdir)
+    return lambda key, num, steps, method, t_start: generate(
+        run, graphdef, state.ema, key, num, steps=steps, method=method, t_start=t_start
+    )
+
+
+def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
+    """The feature classifier for labelled data: loaded from ``--classifier`` or trained and saved there."""
+    if data.labels is None:
+        return None
+    path = Path(args.classifier or Path(args.out) / f"classifier_{data.name}_{args.image_size}.npz")
+    if path.is_file():
+        return metrics.load_classifier(path)
+    model = metrics.train_classifier(data.train, data.labels, steps=args.classifier_steps, seed=args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics.save_classifier(model, path)
+    return model
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+TINY = dict(
+    datasets=["patches:400"],
+    image_size=16,
+    variants=["white", "cloud", "cloud-t0.95"],
+    samplers=["ddim"],
+    nfe=[3, 5],
+    num_samples=64,
+    sample_batch=64,
+    model="tiny",
+    train_steps=10,
+    train_batch=8,
+    swd_patches=1024,
+    classifier_steps=30,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="a seconds-long CPU check: tiny data, model and sample counts")
+    p.add_argument("--datasets", nargs="+", default=["patches", "fashion_mnist"], help="--data specs")
+    p.add_argument("--data-dir", default=None, help="where dataset files live (fashion_mnist, tfds)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    p.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="network evaluations per sample (>= 2)")
+    p.add_argument("--num-samples", type=int, default=2048, help="samples per (variant, sampler, NFE)")
+    p.add_argument("--sample-batch", type=int, default=512)
+    p.add_argument("--max-train", type=int, default=1_000_000, help="at most this many training images")
+    p.add_argument("--denoiser", choices=["unet", "oracle"], default="unet", help="oracle: exact Gaussian denoiser")
+    p.add_argument("--model", default="small", help="UNet preset")
+    p.add_argument("--train-steps", type=int, default=50_000)
+    p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--workdir", default="benchmarks/results/white_vs_cloud_runs", help="training runs go here")
+    p.add_argument("--workdir-white", default=None, help="reuse this trained white run (one dataset only)")
+    p.add_argument("--workdir-cloud", default=None, help="reuse this trained run for the 'cloud' variant")
+    p.add_argument("--classifier", default=None, help="feature classifier .npz (trained and saved if missing)")
+    p.add_argument("--classifier-steps", type=int, default=3000)
+    p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
+    p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.tiny:
+        p.set_defaults(**TINY)
+        args = p.parse_args(argv)
+    if min(args.nfe) < 2:
+        p.error("--nfe values must be >= 2 (one step and the final denoising call)")
+    if (args.workdir_white or args.workdir_cloud) and len(args.datasets) != 1:
+        p.error("--workdir-white/--workdir-cloud need exactly one --datasets entry")
+    return args
+
+
+def run_dataset(spec: str, args: argparse.Namespace) -> tuple[Dataset, dict, list[dict], dict]:
+    """Train (or load) every variant's model on one dataset and score all samplers and NFEs."""
+    num = args.num_samples
+    data = load_dataset(spec, args.image_size, num, args.max_train, args.data_dir, args.seed)
+    classifier = get_classifier(data, args)
+    key = jax.random.key(args.seed)
+    floor = score(data.ref, data.ref2, key, classifier, args.swd_patches)
+    device = jax.devices()[0].device_kind
+    batch = min(args.sample_batch, num)
+    sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
+    models: dict[str, Model] = {}
+    rows, sheets = [], {}
+    for name in args.variants:
+        variant = VARIANTS[name]
+        owner = variant.model_of or name
+        if owner not in models:
+            models[owner] = (
+                oracle_model(VARIANTS[owner], data)
+                if args.denoiser == "oracle"
+                else unet_model(owner, spec, data, args)
+            )
+        for sampler in args.samplers:
+            for nfe in sorted(args.nfe):
+                samples, seconds = draw(models[owner], sampler, nfe, variant.t_start, batch, num, args.seed)
+                row = dict(
+                    dataset=data.name,
+                    noise=variant.noise,
+                    variant=name,
+                    sampler=sampler,
+                    nfe=nfe,
+                    metrics=score(data.ref, samples, key, classifier, args.swd_patches),
+                    seconds_per_image=seconds,
+                    device=device,
+                )
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                if sampler == args.samplers[0] and nfe in sheet_nfes:
+                    sheets[(name, nfe)] = samples[:16]
+    return data, floor, rows, sheets
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, floors = [], {}
+    for spec in args.datasets:
+        data, floor, data_rows, sheets = run_dataset(spec, args)
+        floors[data.name] = floor
+        rows += data_rows
+        plot_metrics(data_rows, floor, out / f"white_vs_cloud_{data.name}_metrics.png")
+        plot_samples(data.ref, sheets, out / f"white_vs_cloud_{data.name}_samples.png")
+    config = {k: v for k, v in vars(args).items()}
+    config.update(device=jax.devices()[0].device_kind, jax=jax.__version__)
+    result = {"config": config, "floor": floors, "rows": rows, "headline": headline(rows)}
+    (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

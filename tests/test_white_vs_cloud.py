@@ -1,0 +1,84 @@
+"""The white-vs-cloud benchmark runs end to end in its --tiny configuration and reports what it promises."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "white_vs_cloud.py"
+
+
+@pytest.fixture(scope="module")
+def wvc():
+    spec = importlib.util.spec_from_file_location("white_vs_cloud", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def _labelled_npz(path: Path, n: int = 400, size: int = 16) -> str:
+    """Horizontal vs vertical stripes with random phase and noise, uint8, with labels (so a classifier trains)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    yy, xx = np.mgrid[:size, :size] / size
+    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+    coord = np.where(labels[:, None, None] == 0, yy, xx)
+    images = 0.5 + 0.3 * np.sin(2 * np.pi * 3 * coord + phase) + 0.1 * rng.normal(size=(n, size, size))
+    np.savez(path, images=(np.clip(images, 0, 1) * 255).astype(np.uint8), labels=labels)
+    return f"npz:{path}"
+
+
+def test_tiny_run_writes_rows_plots_and_headline(wvc, tmp_path):
+    spec = _labelled_npz(tmp_path / "stripes.npz")
+    out = tmp_path / "out"
+    result = wvc.main(["--tiny", "--datasets", spec, "--out", str(out), "--workdir", str(tmp_path / "runs")])
+    saved = json.loads((out / "white_vs_cloud.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    tiny = wvc.TINY
+    rows = saved["rows"]
+    assert len(rows) == len(tiny["variants"]) * len(tiny["samplers"]) * len(tiny["nfe"])
+    for row in rows:
+        assert {"dataset", "noise", "variant", "sampler", "nfe", "metrics", "seconds_per_image", "device"} <= set(row)
+        assert row["noise"] == ("white" if row["variant"] == "white" else "cloud")
+        assert row["seconds_per_image"] > 0 and row["nfe"] in tiny["nfe"]
+        m = row["metrics"]
+        for name in ("swd_mean", "spectral_distance", "frechet_pixel", "frechet_classifier", "high_frequency_accuracy"):
+            assert np.isfinite(m[name]), name
+        assert 0 <= m["high_frequency_accuracy"] <= 1
+    # 10 training steps make noise, not stripes: every row is far above the real-vs-real floor
+    floor = saved["floor"][rows[0]["dataset"]]
+    assert all(r["metrics"]["swd_mean"] > 2 * floor["swd_mean"] for r in rows)
+    assert all(r["metrics"]["frechet_classifier"] > floor["frechet_classifier"] for r in rows)
+    # the t_start variant samples the cloud model from another start time: same model, different samples
+    by = {(r["variant"], r["nfe"]): r["metrics"]["swd_mean"] for r in rows}
+    assert by[("cloud-t0.95", 3)] != by[("cloud", 3)]
+    headline = saved["headline"][rows[0]["dataset"]]
+    assert set(headline) == {"cloud", "cloud-t0.95"}
+    assert headline["cloud"]["ddim"]["swd_mean"]["white_nfe"] == max(tiny["nfe"])
+    for name in ("metrics", "samples"):
+        assert (out / f"white_vs_cloud_{rows[0]['dataset']}_{name}.png").stat().st_size > 1000
+    assert list(out.glob("classifier_*.npz")), "the feature classifier is saved for reuse"
+
+
+def test_headline_finds_the_first_nfe_that_matches_white(wvc):
+    def row(variant, nfe, swd, hf):
+        metrics = {"swd_mean": swd, "high_frequency_accuracy": hf}
+        return dict(dataset="d", variant=variant, sampler="ddim", nfe=nfe, metrics=metrics)
+
+    rows = [row("white", 10, 0.5, 0.9), row("white", 100, 0.2, 0.6)]
+    rows += [row("cloud", 10, 0.3, 0.45), row("cloud", 20, 0.19, 0.7), row("cloud", 100, 0.1, 0.35)]
+    entry = wvc.headline(rows)["d"]["cloud"]["ddim"]
+    assert entry["swd_mean"] == {"white_nfe": 100, "white": 0.2, "nfe_to_match": 20}
+    # the high-frequency test is judged by its distance from chance: 0.45 beats white's 0.6
+    assert entry["high_frequency_accuracy"]["nfe_to_match"] == 10
+    worse = wvc.headline(rows[:2] + [row("cloud", 10, 0.9, 0.99)])["d"]["cloud"]["ddim"]
+    assert worse["swd_mean"]["nfe_to_match"] is None
+
+
+def test_nfe_below_two_is_refused(wvc):
+    with pytest.raises(SystemExit):
+        wvc.parse_args(["--tiny", "--nfe", "1"])
