@@ -392,11 +392,18 @@ def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps: int = 
 
 
 class _Logger:
-    """metrics.jsonl (process 0), TensorBoard events if tensorboardX is installed, a line on stderr."""
+    """metrics.jsonl (process 0), TensorBoard events if tensorboardX is installed, a line on stderr.
 
-    def __init__(self, workdir: Path, enabled: bool, stream):
+    Records after ``start`` (written by a run that was killed before its next checkpoint) are dropped.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool, stream, start: int):
         self.enabled, self.stream = enabled, stream
-        self.file = open(workdir / "metrics.jsonl", "a") if enabled else None
+        path = workdir / "metrics.jsonl"
+        if enabled and path.exists():
+            kept = [line for line in path.read_text().splitlines() if _record_step(line) <= start]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a") if enabled else None
         self.tb = None
         if enabled:
             try:
@@ -422,6 +429,13 @@ class _Logger:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut short by a kill
 
 
 class _StopFlag:
@@ -513,7 +527,7 @@ def train(
     step_fn = _cached_train_step(graphdef, run, mesh)
     batches = BatchIterator(source, config.batch_size, config.seed, step=data_step)
     base_key = jax.random.wrap_key_data(jnp.copy(state.rng))  # a buffer of its own: the state is donated
-    logger = _Logger(workdir, lead, stream)
+    logger = _Logger(workdir, lead, stream, start or 0)
     step, last_saved, preempted = int(state.step), start, False
 
     def save(force: bool) -> None:
@@ -599,8 +613,9 @@ def run_demo(out: str | Path, steps: int = 3000, minutes: float = 6.0, quick: bo
     ``out`` receives stats.json, fit.png, noise.png (the Δ fit), ``white/`` and ``cloud/`` (runs),
     samples.png (data | white | cloud) and summary.json / summary.md with the numbers. Each model trains
     ``steps`` steps or ``minutes / 2``, whichever ends first. Cloud uses the fitted Δ and the author's
-    Mahalanobis loss; white the pixel loss; same network, schedule, batches and seed. ``quick``: 8 px, a
-    few steps, for tests.
+    Mahalanobis loss; white the pixel loss; same network, v-prediction (well-conditioned at both ends of the
+    cosine schedule, where an ε-network's x̂0 = (x − σε̂)/α amplifies errors by 1/α), batches and seed.
+    ``quick``: 8 px, a few steps, for tests.
     """
     from cloudjax.data import open_source
     from cloudjax.metrics import sliced_wasserstein, spectral_distance
@@ -630,6 +645,7 @@ def run_demo(out: str | Path, steps: int = 3000, minutes: float = 6.0, quick: bo
             ema_decay=0.99 if quick else 0.995,
             noise=noise,
             delta=delta if noise == "cloud" else None,
+            prediction="v",
             loss_weighting="mahalanobis" if noise == "cloud" else "pixel",
             checkpoint_every=steps,
             log_every=max(1, steps // 10),
@@ -676,7 +692,8 @@ def _demo_markdown(s: dict, sample_steps: int) -> str:
         f"Natural-image patches, {s['image_size']}×{s['image_size']} grey. Power-law fit of the data: "
         f"Δ = {s['delta']:.3f}, A = {s['amplitude']:.4g}, r = {s['r_value']:.3f} (fit.png, stats.json).",
         f"Both models: the `tiny` UNet, same batches and seed; cloud noise with the fitted Δ and the Mahalanobis "
-        f"loss, white noise with the pixel loss. Samples: EMA weights, DDIM, {sample_steps} steps (samples.png).",
+        f"loss, white noise with the pixel loss, both predicting v. Samples: EMA weights, DDIM, {sample_steps} steps "
+        "(samples.png).",
         "",
         "| | white | cloud |",
         "|---|---|---|",

@@ -10,7 +10,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cloudjax.data.sources import ArraySource
@@ -18,7 +18,9 @@ from cloudjax.train import (
     TrainConfig,
     TrainingDiverged,
     _cached_train_step,
+    _manager,
     _measure,
+    _restore,
     init_state,
     load_run,
     make_mesh,
@@ -78,20 +80,22 @@ def test_sharded_step_equals_single_device_step():
     mesh = make_mesh()
     run = _measure(CONFIG, _Source())
     batch = run.normalize(_Source().get(np.arange(8))).astype(np.float32)
-    key = jax.random.key(3)
-    graphdef, fresh = init_state(CONFIG)
+    replicated = NamedSharding(mesh, P())
+    key = jax.device_put(jax.random.key(3), replicated)  # placed as train() places it: one compile for the file
+    graphdef, fresh = init_state(CONFIG, replicated)
     fresh = jax.tree.map(np.asarray, fresh)  # host copy: the steps donate their state
     # a second step moves every parameter (after the first only the zero-initialised output layer has gradients)
     one = jax.device_put(fresh, jax.devices()[0])
     single = make_train_step(graphdef, run.diffusion, CONFIG)
     sharded = _cached_train_step(graphdef, run, mesh)  # the one train() uses below: compiled once
-    one, m1 = single(one, batch, key)
-    one, m1 = single(one, batch, jax.random.key(4))
-    many = jax.device_put(fresh, NamedSharding(mesh, P()))
+    key2 = jax.device_put(jax.random.key(4), replicated)
+    one, m1 = single(one, batch, jax.device_put(key, jax.devices()[0]))
+    one, m1 = single(one, batch, jax.device_put(key2, jax.devices()[0]))
+    many = jax.device_put(fresh, replicated)
     data = jax.device_put(batch, NamedSharding(mesh, P("data")))
     assert len(data.sharding.device_set) == 8
     many, m8 = sharded(many, data, key)
-    many, m8 = sharded(many, data, jax.random.key(4))
+    many, m8 = sharded(many, data, key2)
     assert abs(float(m1["loss"]) - float(m8["loss"])) < 1e-5
     assert _max_diff(one.params, many.params) < 1e-5
     assert _max_diff(one.ema, many.ema) < 1e-5
@@ -123,7 +127,14 @@ def test_sigterm_checkpoints_the_current_step(tmp_path):
     result = train(CONFIG, tmp_path, source=_Source(at=3, action="sigterm"))
     assert result["preempted"] and result["step"] == 3 and result["last_checkpoint"] == 3
     _, _, state = load_run(tmp_path)
-    assert int(state.step) == 3
+    assert int(state.step) == 3 and len(state.params["stem"]["kernel"].sharding.device_set) == 8
+    # the same checkpoint restored onto 2 devices (the abstract target carries the new sharding)
+    two = NamedSharding(Mesh(np.array(jax.devices()[:2]), ("data",)), P())
+    manager = _manager(tmp_path, CONFIG)
+    small, meta = _restore(manager, 3, CONFIG, two)
+    manager.close()
+    assert meta["data_step"] == 3 and len(small.params["stem"]["kernel"].sharding.device_set) == 2
+    assert _max_diff(small, state) == 0.0
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
