@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def bench(model: str, size: int, dtype: str, noise: str, batch: int, iters: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model at 16 px, float32 (CPU smoke run)")
+    parser.add_argument("--quick", action="store_true", help="tiny model at 16 px, batch 16 (CPU smoke run)")
     parser.add_argument("--models", nargs="+", default=["small", "base"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train_step_<device>.json)")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.sizes, args.dtypes, args.batch, args.iters = ["tiny"], [16], ["float32"], 16, 5
+        args.models, args.sizes, args.batch, args.iters = ["tiny"], [16], 16, 5
     rows = []
     for model in args.models:
         for size in args.sizes:
@@ -132,7 +133,13 @@ def main() -> None:
     name = "cpu" if device.platform == "cpu" else device.device_kind.replace(" ", "_")
     out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__, "quick": args.quick}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],  # other work on the machine skews the timings
+        "jax": jax.__version__,
+        "quick": args.quick,
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"→ {out}")
 
