@@ -4,13 +4,15 @@ For each dataset, a white-noise model and cloud-noise variants with the same UNe
 are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every NFE and sampler,
 ``--num-samples`` images are drawn from the same starting keys and scored against held-out data with every
 metric of :mod:`cloudjax.metrics`, plus seconds per image. Writes ``white_vs_cloud.json``
-(``{"config", "floor", "rows", "headline"}``), one metrics-vs-NFE plot and one sample sheet per dataset,
+(``{"config", "datasets", "floor", "rows", "headline"}``), one metrics-vs-NFE plot and one sample sheet per dataset,
 and prints one JSON object per row.
 
 Cloud variants: ``cloud`` (Δ fitted to the data, the author's Mahalanobis loss, the white model's cosine
 schedule), ``cloud-pixel-loss``, ``cloud-calibrated`` (the schedule shifted so the cloud noise has the white
 schedule's mean per-mode SNR, Falck et al.), ``cloud-delta1.5`` (Δ = 1.5 instead of the fitted one) and
-``cloud-t0.95`` (the ``cloud`` model sampled from t = 0.95, as the author did).
+``cloud-t0.95`` (the ``cloud`` model sampled from t = 0.95, as the author did). ``--denoiser oracle`` replaces
+the networks by the exact denoiser for Gaussian data with the data's Π variance: no training, only what the noise
+and the sampler do (``cloud-calibrated`` runs only so until :mod:`cloudjax.train` can train that schedule).
 
 NFE is the number of network calls: the samplers take ``NFE − 1`` steps and denoise once more at the end.
 Headline: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
@@ -18,7 +20,7 @@ as white noise at the largest NFE (null if none). ``floor`` holds each metric be
 real images: differences below it are sampling noise.
 
     python benchmarks/white_vs_cloud.py                 # the real run (a GPU job)
-    python benchmarks/white_vs_cloud.py --tiny --out /tmp/wvc   # end-to-end check on a CPU, < 1 min
+    python benchmarks/white_vs_cloud.py --tiny --out /tmp/wvc   # end-to-end check: tiny data, model, counts
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ VARIANTS = {
     "cloud-delta1.5": Variant("cloud", delta=1.5, loss_weighting="mahalanobis"),
     "cloud-t0.95": Variant("cloud", loss_weighting="mahalanobis", t_start=0.95, model_of="cloud"),
 }
+# cloudjax.train builds its schedule from a name and stores no data Π variance, so it cannot train
+# "calibrated" yet: that variant runs with --denoiser oracle only.
+TRAINABLE = [name for name, v in VARIANTS.items() if v.schedule != "calibrated"]
 SAMPLERS = ("ddim", "ddpm", "dpm++2m")
 NFES = (5, 10, 20, 50, 100, 250, 1000)
 
@@ -86,6 +91,7 @@ class Dataset:
 def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir: str | None, seed: int) -> Dataset:
     """Open ``spec``; the last ``2 · num`` examples are held out (Fashion-MNIST ``all``: its test split)."""
     source = open_source(spec, image_size, channels=1, data_dir=data_dir, seed=seed)
+    kind, _, arg = spec.partition(":")
     n = source.num_examples
     if n < 2 * num + 2:
         raise SystemExit(f"error: {spec} has {n} images, needs more than 2 × --num-samples = {2 * num}")
@@ -98,7 +104,7 @@ def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir:
     mean, std = float(train.mean()), float(train.std())
     pi = np.asarray(cj.rfft_real((train[:4096] - mean) / std))
     return Dataset(
-        name=spec.replace(":", "_").replace("/", "_"),
+        name=Path(arg).stem if kind in ("npz", "folder") else spec.replace(":", "_"),
         train=train,
         labels=labels,
         ref=source.get(np.arange(n - 2 * num, n - num)),
@@ -148,14 +154,19 @@ def badness(metric: str, value: float) -> float:
 
 
 def headline(rows: list[dict]) -> dict:
-    """Smallest NFE at which each variant matches white noise at its largest NFE, per dataset/sampler/metric."""
+    """Smallest NFE at which each variant matches white noise at its largest NFE, per dataset/sampler/metric.
+
+    Rows without a white row of the same dataset and sampler have no reference and are left out.
+    """
     out: dict = {}
-    white = {(r["dataset"], r["sampler"], r["nfe"]): r for r in rows if r["variant"] == "white"}
+    white = {}
+    for r in sorted((r for r in rows if r["variant"] == "white"), key=lambda r: r["nfe"]):
+        white[(r["dataset"], r["sampler"])] = r  # the largest NFE wins
     for r in rows:
-        if r["variant"] == "white":
+        reference = white.get((r["dataset"], r["sampler"]))
+        if r["variant"] == "white" or reference is None:
             continue
-        best_nfe = max(n for d, s, n in white if (d, s) == (r["dataset"], r["sampler"]))
-        target = white[(r["dataset"], r["sampler"], best_nfe)]["metrics"]
+        best_nfe, target = reference["nfe"], reference["metrics"]
         entry = out.setdefault(r["dataset"], {}).setdefault(r["variant"], {}).setdefault(r["sampler"], {})
         for metric, value in r["metrics"].items():
             if metric.startswith("sample_"):
@@ -348,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=["patches", "fashion_mnist"], help="--data specs")
     p.add_argument("--data-dir", default=None, help="where dataset files live (fashion_mnist, tfds)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="default: all that run")
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="network evaluations per sample (>= 2)")
     p.add_argument("--num-samples", type=int, default=2048, help="samples per (variant, sampler, NFE)")
@@ -371,6 +382,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny:
         p.set_defaults(**TINY)
         args = p.parse_args(argv)
+    if args.variants is None:
+        args.variants = TRAINABLE if args.denoiser == "unet" else list(VARIANTS)
+    if args.denoiser == "unet" and not set(args.variants) <= set(TRAINABLE):
+        p.error(
+            f"with --denoiser unet the variants must be among {TRAINABLE} (cloudjax.train has no calibrated schedule)"
+        )
     if min(args.nfe) < 2:
         p.error("--nfe values must be >= 2 (one step and the final denoising call)")
     if (args.workdir_white or args.workdir_cloud) and len(args.datasets) != 1:
@@ -423,16 +440,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, floors = [], {}
+    rows, floors, datasets = [], {}, {}
     for spec in args.datasets:
         data, floor, data_rows, sheets = run_dataset(spec, args)
         floors[data.name] = floor
+        datasets[data.name] = {"spec": spec, "train_images": len(data.train), "held_out": 2 * len(data.ref)}
+        datasets[data.name]["delta_fit"] = data.delta
         rows += data_rows
         plot_metrics(data_rows, floor, out / f"white_vs_cloud_{data.name}_metrics.png")
         plot_samples(data.ref, sheets, out / f"white_vs_cloud_{data.name}_samples.png")
     config = {k: v for k, v in vars(args).items()}
     config.update(device=jax.devices()[0].device_kind, jax=jax.__version__)
-    result = {"config": config, "floor": floors, "rows": rows, "headline": headline(rows)}
+    result = {"config": config, "datasets": datasets, "floor": floors, "rows": rows, "headline": headline(rows)}
     (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -32,36 +32,58 @@ def _labelled_npz(path: Path, n: int = 400, size: int = 16) -> str:
     return f"npz:{path}"
 
 
-def test_tiny_run_writes_rows_plots_and_headline(wvc, tmp_path):
+def _check_rows(rows, variants, samplers, nfes):
+    assert len(rows) == len(variants) * len(samplers) * len(nfes)
+    assert {(r["variant"], r["sampler"], r["nfe"]) for r in rows} == {
+        (v, s, n) for v in variants for s in samplers for n in nfes
+    }
+    for row in rows:
+        assert {"dataset", "noise", "variant", "sampler", "nfe", "metrics", "seconds_per_image", "device"} <= set(row)
+        assert row["noise"] == ("white" if row["variant"] == "white" else "cloud")
+        assert row["seconds_per_image"] > 0
+        m = row["metrics"]
+        for name in ("swd_mean", "spectral_distance", "frechet_pixel", "frechet_spectrum", "high_frequency_accuracy"):
+            assert np.isfinite(m[name]), name
+        assert 0 <= m["high_frequency_accuracy"] <= 1
+
+
+def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
+    """The whole pipeline with the exact Gaussian denoiser (no training): every variant, the classifier metric."""
     spec = _labelled_npz(tmp_path / "stripes.npz")
     out = tmp_path / "out"
-    result = wvc.main(["--tiny", "--datasets", spec, "--out", str(out), "--workdir", str(tmp_path / "runs")])
+    result = wvc.main(
+        ["--tiny", "--denoiser", "oracle", "--variants", *wvc.VARIANTS, "--datasets", spec, "--out", str(out)]
+    )
     saved = json.loads((out / "white_vs_cloud.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     tiny = wvc.TINY
     rows = saved["rows"]
-    assert len(rows) == len(tiny["variants"]) * len(tiny["samplers"]) * len(tiny["nfe"])
-    for row in rows:
-        assert {"dataset", "noise", "variant", "sampler", "nfe", "metrics", "seconds_per_image", "device"} <= set(row)
-        assert row["noise"] == ("white" if row["variant"] == "white" else "cloud")
-        assert row["seconds_per_image"] > 0 and row["nfe"] in tiny["nfe"]
-        m = row["metrics"]
-        for name in ("swd_mean", "spectral_distance", "frechet_pixel", "frechet_classifier", "high_frequency_accuracy"):
-            assert np.isfinite(m[name]), name
-        assert 0 <= m["high_frequency_accuracy"] <= 1
-    # 10 training steps make noise, not stripes: every row is far above the real-vs-real floor
-    floor = saved["floor"][rows[0]["dataset"]]
-    assert all(r["metrics"]["swd_mean"] > 2 * floor["swd_mean"] for r in rows)
-    assert all(r["metrics"]["frechet_classifier"] > floor["frechet_classifier"] for r in rows)
-    # the t_start variant samples the cloud model from another start time: same model, different samples
+    _check_rows(rows, list(wvc.VARIANTS), tiny["samplers"], tiny["nfe"])
+    name = rows[0]["dataset"]
+    assert name == "stripes" and saved["datasets"][name]["held_out"] == 2 * tiny["num_samples"]
+    # Gaussian samples are not stripes: the classifier sees it, well above the real-vs-real floor
+    floor = saved["floor"][name]
+    assert all(r["metrics"]["frechet_classifier"] > 2 * floor["frechet_classifier"] for r in rows)
+    # t_start = 0.95 samples the same model from another start: different samples
     by = {(r["variant"], r["nfe"]): r["metrics"]["swd_mean"] for r in rows}
     assert by[("cloud-t0.95", 3)] != by[("cloud", 3)]
-    headline = saved["headline"][rows[0]["dataset"]]
-    assert set(headline) == {"cloud", "cloud-t0.95"}
+    headline = saved["headline"][name]
+    assert set(headline) == set(wvc.VARIANTS) - {"white"}
     assert headline["cloud"]["ddim"]["swd_mean"]["white_nfe"] == max(tiny["nfe"])
-    for name in ("metrics", "samples"):
-        assert (out / f"white_vs_cloud_{rows[0]['dataset']}_{name}.png").stat().st_size > 1000
+    for kind in ("metrics", "samples"):
+        assert (out / f"white_vs_cloud_{name}_{kind}.png").stat().st_size > 1000
     assert list(out.glob("classifier_*.npz")), "the feature classifier is saved for reuse"
+
+
+def test_tiny_unet_run_trains_through_cloudjax_train(wvc, tmp_path):
+    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss) trained by cloudjax.train, sampled from 0.95."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    args = ["--tiny", "--variants", "cloud-t0.95", "--nfe", "3", "--out", str(out), "--workdir", str(runs)]
+    rows = wvc.main(args)["rows"]
+    _check_rows(rows, ["cloud-t0.95"], wvc.TINY["samplers"], [3])
+    run = json.loads(next(runs.glob("*_cloud/run.json")).read_text())
+    assert run["config"]["noise"] == "cloud" and run["config"]["loss_weighting"] == "mahalanobis"
+    assert run["config"]["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4
 
 
 def test_headline_finds_the_first_nfe_that_matches_white(wvc):
