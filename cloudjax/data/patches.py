@@ -27,10 +27,14 @@ _COLOUR = PHOTOS[:5]
 _FACTORS = (1, 2, 3, 4, 6, 8)
 
 
-def _block_mean(image: np.ndarray, f: int) -> np.ndarray:
-    """Average ``(h, w, C)`` over ``f × f`` blocks (trailing rows and columns that do not fill one dropped)."""
-    h, w, c = image.shape[0] // f, image.shape[1] // f, image.shape[2]
-    return image[: h * f, : w * f].reshape(h, f, w, f, c).mean((1, 3))
+def block_mean(images: np.ndarray, f: int) -> np.ndarray:
+    """Average ``(..., h, w, C)`` over ``f × f`` blocks (trailing rows and columns that do not fill one dropped).
+
+    Area averaging shrinks images without steepening their power spectrum, unlike Gaussian anti-aliasing.
+    """
+    h, w = images.shape[-3] // f, images.shape[-2] // f
+    lead, c = images.shape[:-3], images.shape[-1]
+    return images[..., : h * f, : w * f, :].reshape(*lead, h, f, w, f, c).mean((-4, -2))
 
 
 @functools.cache
@@ -47,7 +51,7 @@ def _pyramids(channels: int) -> tuple[tuple[np.ndarray, ...], ...]:
         if channels == 1:
             photo = rgb2gray(photo) if photo.ndim == 3 else photo  # ITU-R 709 luminance
             photo = photo[..., None]
-        pyramids.append(tuple(_block_mean(photo, f).astype(np.float32) for f in _FACTORS))
+        pyramids.append(tuple(block_mean(photo, f).astype(np.float32) for f in _FACTORS))
     return tuple(pyramids)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cloudjax.data.patches import block_mean, patches
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -23,8 +25,9 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 def prepare(images, image_size: int, channels: int | None, pad: int = 0) -> np.ndarray:
     """``(n, h, w[, c])`` uint8 or [0, 1] float images → float32 ``(n, S, S, C)`` in [0, 1].
 
-    Zero-pads ``pad`` pixels on each side, centre-crops to a square, resizes to ``S = image_size``, and converts
-    to ``channels`` (None keeps c).
+    Zero-pads ``pad`` pixels on each side, centre-crops to a square, resizes to ``S = image_size`` (by block
+    averaging for an integer factor, which keeps the images' power law; bilinear otherwise), and converts to
+    ``channels`` (None keeps c).
     """
     x = np.asarray(images)
     x = x[..., None] if x.ndim == 3 else x
@@ -39,7 +42,9 @@ def prepare(images, image_size: int, channels: int | None, pad: int = 0) -> np.n
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     x = x[:, top : top + side, left : left + side]
-    if side != image_size:
+    if side % image_size == 0 and side > image_size:  # block averaging keeps the power law (Δ) of the images
+        x = block_mean(x, side // image_size)
+    elif side != image_size:  # Gaussian anti-aliasing steepens the spectrum: Δ is biased up
         from skimage.transform import resize
 
         shape = (x.shape[0], image_size, image_size, x.shape[-1])
@@ -101,8 +106,6 @@ class Subset:
 
 def patches_source(num: int, image_size: int, channels: int, seed: int) -> ArraySource:
     """``num`` natural-image patches cut from scikit-image's bundled photos (:mod:`cloudjax.data.patches`)."""
-    from cloudjax.data.patches import patches
-
     return ArraySource(patches(num, image_size, channels=channels, seed=seed, normalize=None), image_size, channels)
 
 
