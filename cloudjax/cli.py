@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample)
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget for both models together")
+    p.add_argument("--minutes", type=float, default=7.0, help="time budget of the whole demo (training stops early)")
     p.add_argument("--steps", type=int, default=3000, help="training steps per model (stops early at --minutes)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
