@@ -14,6 +14,7 @@ is exactly Gaussian with one covariance Σ and ``a·ε₁ + b·ε₂ ~ N(0, (a²
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -60,6 +61,7 @@ def _window_sums(n: int, lags: np.ndarray, double: bool) -> np.ndarray:
     return np.exp(-2j * np.pi * q * lags[None, :]) * series
 
 
+@functools.lru_cache(maxsize=64)
 def _crop_fourier_variance(H: int, W: int, delta: float, pad: int) -> np.ndarray:
     """Exact ``(H, W)`` Π-space variance of the centre ``(H, W)`` crop of the ``(pH, pW)`` periodic field.
 
@@ -81,7 +83,10 @@ def _crop_fourier_variance(H: int, W: int, delta: float, pad: int) -> np.ndarray
 
     power, pseudo = modes(False).real, modes(True).real
     per_part = (power + pseudo) / 2 + 1j * (power - pseudo) / 2  # Var Re Z + i Var Im Z
-    return np.asarray(pi_layout(per_part, W, scale=2.0), np.float64)
+    with jax.ensure_compile_time_eval():  # a constant, also when asked for under jit
+        variance = np.asarray(pi_layout(per_part, W, scale=2.0), np.float64)
+    variance.setflags(write=False)  # cached: shared by every caller
+    return variance
 
 
 def power_law_noise(
@@ -116,8 +121,8 @@ def power_law_noise(
     return jnp.moveaxis(crop, (-2, -1), (a, b))
 
 
-def _channel_mixer(channel_cov: jnp.ndarray | None) -> jnp.ndarray | None:
-    """L with ``L Lᵀ = channel_cov`` from the eigen-decomposition ``V diag(λ) Vᵀ``: ``L = V diag(√λ)``."""
+def _as_channel_cov(channel_cov) -> tuple[tuple[float, ...], ...] | None:
+    """Validate a ``(C, C)`` channel covariance and freeze it as a hashable nested tuple (a static field)."""
     if channel_cov is None:
         return None
     cov = np.asarray(channel_cov, np.float64)
@@ -125,19 +130,20 @@ def _channel_mixer(channel_cov: jnp.ndarray | None) -> jnp.ndarray | None:
         raise ValueError(f"channel_cov must be a square (C, C) matrix, got shape {cov.shape}")
     if not np.allclose(cov, cov.T, atol=1e-6):
         raise ValueError("channel_cov must be symmetric")
-    lam, V = np.linalg.eigh(cov)
+    lam = np.linalg.eigvalsh(cov)
     if lam.min() < -1e-6 * max(lam.max(), 1e-12):
         raise ValueError(f"channel_cov must be positive semi-definite, has eigenvalue {lam.min():.3g}")
-    return jnp.asarray(V * np.sqrt(np.clip(lam, 0, None)), jnp.float32)
+    return tuple(tuple(float(v) for v in row) for row in cov)
 
 
-def _mix_channels(noise: jnp.ndarray, channel_cov: jnp.ndarray | None) -> jnp.ndarray:
+def _mix_channels(noise: jnp.ndarray, channel_cov: tuple[tuple[float, ...], ...] | None) -> jnp.ndarray:
+    """Mix independent channels by ``L = V diag(√λ)`` (``channel_cov = V diag(λ) Vᵀ``): covariance channel_cov."""
     if channel_cov is None:
         return noise
-    mixer = _channel_mixer(channel_cov)
-    if noise.shape[-1] != mixer.shape[0]:
-        raise ValueError(f"shape has {noise.shape[-1]} channels but channel_cov is {mixer.shape[0]}x{mixer.shape[0]}")
-    return noise @ mixer.T
+    lam, V = np.linalg.eigh(np.asarray(channel_cov))
+    if noise.shape[-1] != len(lam):
+        raise ValueError(f"shape has {noise.shape[-1]} channels but channel_cov is {len(lam)}x{len(lam)}")
+    return noise @ jnp.asarray((V * np.sqrt(np.clip(lam, 0, None))).T, jnp.float32)
 
 
 @struct.dataclass
@@ -160,17 +166,19 @@ class PowerLawNoise:
     Attributes:
       delta: scaling exponent Δ >= 0 (fit it to data with :func:`cloudjax.fit_power_law`).
       pad: synthesis grid factor; 3 is the paper's recipe, 1 the periodic field.
-      channel_cov: optional ``(C, C)`` channel covariance. Colour noise is C independent monochrome fields
+      channel_cov: optional ``(C, C)`` channel covariance (any array-like; kept as a nested tuple, so the
+        model is hashable and all its fields are static). Colour noise is C independent monochrome fields
         mixed by ``L = V diag(√λ)`` from its eigen-decomposition, so each pixel's channels have covariance
         ``channel_cov`` and the full Π-space covariance is ``fourier_variance ⊗ channel_cov``.
     """
 
     delta: float = struct.field(pytree_node=False, default=1.5)
     pad: int = struct.field(pytree_node=False, default=3)
-    channel_cov: jnp.ndarray | None = None
+    channel_cov: tuple[tuple[float, ...], ...] | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         _check_delta_pad(self.delta, self.pad)
+        object.__setattr__(self, "channel_cov", _as_channel_cov(self.channel_cov))
 
     def sample(self, key: jax.Array, shape: Sequence[int]) -> jnp.ndarray:
         """Draw noise of shape ``(..., H, W, C)``, float32."""
@@ -183,4 +191,4 @@ class PowerLawNoise:
         Exact for every ``pad``. For ``pad = 1`` the covariance is exactly this diagonal; for ``pad > 1`` the
         crop adds small correlations between modes, which the diagonal leaves out.
         """
-        return _crop_fourier_variance(H, W, self.delta, self.pad).astype(np.float32)
+        return _crop_fourier_variance(int(H), int(W), float(self.delta), int(self.pad)).astype(np.float32)

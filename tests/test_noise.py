@@ -93,6 +93,16 @@ def test_models_under_jit_and_as_pytrees():
     eager = noise.sample(jax.random.key(0), (2, 8, 8, 1))
     np.testing.assert_allclose(sample(noise, jax.random.key(0)), eager, rtol=1e-5, atol=1e-6)  # fusion reorders sums
     assert jax.tree_util.tree_leaves(noise) == []  # delta and pad are static
+    colour = cj.PowerLawNoise(1.5, channel_cov=np.diag([2.0, 1.0, 0.5]))
+    assert jax.tree_util.tree_leaves(colour) == [] and hash(colour) == hash(
+        cj.PowerLawNoise(1.5, channel_cov=np.diag([2.0, 1.0, 0.5]))
+    )
+    draw = jax.jit(lambda n, k: n.sample(k, (2, 8, 8, 3)))  # the model passed into jit as an argument
+    np.testing.assert_allclose(
+        draw(colour, jax.random.key(0)), colour.sample(jax.random.key(0), (2, 8, 8, 3)), rtol=1e-5, atol=1e-6
+    )
+    variance = jax.jit(lambda: jnp.asarray(noise.fourier_variance(8, 8)))()  # a constant, also under jit
+    np.testing.assert_allclose(variance, noise.fourier_variance(8, 8))
     np.testing.assert_array_equal(cj.WhiteNoise().fourier_variance(4, 5), np.ones((4, 5)))
 
 
