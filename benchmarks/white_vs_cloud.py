@@ -220,6 +220,7 @@ def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
     axes = fig.subplots(-(-len(names) // cols), cols, squeeze=False).ravel()
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
+    nfes = sorted({r["nfe"] for r in rows})
     styles = dict(zip(samplers, ("-", "--", ":", "-."), strict=False))
     for ax, name in zip(axes, names, strict=False):
         for i, variant in enumerate(variants):
@@ -237,6 +238,8 @@ def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
                     )
         ax.axhline(floor[name], color="grey", lw=0.8, ls="--", label="real vs real")
         ax.set_xscale("log")
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.tick_params(which="minor", labelbottom=False)
         ax.set_xlabel("NFE")
         ax.set_title(name, fontsize=9)
     for ax in axes[len(names) :]:
