@@ -75,14 +75,15 @@ NFES = (5, 10, 20, 50, 100, 250, 1000)
 @dataclasses.dataclass
 class Dataset:
     """Training images, two disjoint held-out sets of ``num`` images (``ref`` for scores, ``ref2`` for the floor),
-    the training labels (or None), the Π-space variance of the normalised training data and its fitted Δ."""
+    the training labels (or None), the per-pixel mean and the scalar std, the Π-space variance of the normalised
+    training data ``(x − mean) / std`` and its fitted Δ."""
 
     name: str
     train: np.ndarray
     labels: np.ndarray | None
     ref: np.ndarray
     ref2: np.ndarray
-    mean: float
+    mean: np.ndarray  # (H, W, C) per-pixel mean of the training images
     std: float
     fourier_variance: np.ndarray
     delta: float
@@ -101,7 +102,7 @@ def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir:
     except ValueError:
         labels = None
     train = source.get(train_idx)
-    mean, std = float(train.mean()), float(train.std())
+    mean, std = train.mean(axis=0), float(train.std())
     pi = np.asarray(cj.rfft_real((train[:4096] - mean) / std))
     return Dataset(
         name=Path(arg).stem if kind in ("npz", "folder") else spec.replace(":", "_"),
@@ -279,8 +280,8 @@ def plot_samples(real: np.ndarray, sheets: dict[tuple[str, int], np.ndarray], pa
 
 
 def oracle_model(variant: Variant, data: Dataset) -> Model:
-    """Sampling with the exact denoiser for Gaussian data of the training data's Π variance: what the noise and
-    the sampler do, with nothing learnt (``--denoiser oracle``, no training)."""
+    """Sampling with the exact denoiser for Gaussian data with the training data's mean image and Π variance:
+    what the noise and the sampler do, with nothing learnt (``--denoiser oracle``, no training)."""
     diffusion = diffusion_for(variant, data)
     denoise = jax.tree_util.Partial(cj.gaussian_oracle(diffusion, data.fourier_variance))
     shape = data.train.shape[1:]
