@@ -290,11 +290,7 @@ class Run:
     @property
     def diffusion(self) -> GaussianDiffusion:
         c = self.config
-        noise = WhiteNoise()
-        if c.noise == "cloud":
-            noise = PowerLawNoise(
-                self.delta, channel_cov=None if self.channel_cov is None else np.array(self.channel_cov)
-            )
+        noise = PowerLawNoise(self.delta, channel_cov=self.channel_cov) if c.noise == "cloud" else WhiteNoise()
         return GaussianDiffusion(noise, c.schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
