@@ -176,7 +176,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default 0)")
     p.add_argument("--clip-norm", type=float, default=None, help="global gradient-norm clip (default 1)")
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.999)")
-    p.add_argument("--schedule", choices=("cosine", "offset_cosine", "linear"), default=None, help="noise schedule")
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "offset_cosine", "linear", "calibrated"),
+        default=None,
+        help="noise schedule (calibrated: cosine with the SNR matched to white noise on the data)",
+    )
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=None, help="network target (default eps)")
     p.add_argument("--loss-weighting", choices=("pixel", "mahalanobis", "min_snr"), default=None, help="loss norm")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")

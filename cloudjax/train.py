@@ -45,6 +45,7 @@ from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.models import UNet, init, preset
 from cloudjax.noise import PowerLawNoise, WhiteNoise
 from cloudjax.samplers import sample
+from cloudjax.schedules import CalibratedSchedule, calibrated_schedule, get_schedule
 
 __all__ = [
     "TrainConfig",
@@ -79,8 +80,9 @@ class TrainConfig:
     steps: total steps to reach. lr: peak learning rate after ``warmup_steps`` linear warm-up, then
     ``decay`` ("cosine", "linear" or "constant") to ``lr · final_lr_ratio`` at ``decay_steps`` (None: steps).
     weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
-    noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule, prediction,
-    loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
+    noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
+    "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
+    :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -128,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"noise must be 'white' or 'cloud', got {self.noise!r}")
         if self.delta is not None and not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
+        if self.schedule not in ("cosine", "offset_cosine", "linear", "calibrated"):
+            raise ValueError(f"schedule must be cosine, offset_cosine, linear or calibrated, got {self.schedule!r}")
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
         if not (self.lr > 0 and 0 <= self.final_lr_ratio <= 1 and 0 <= self.ema_decay < 1 and self.clip_norm > 0):
@@ -279,19 +283,27 @@ def make_train_step(
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """What ``run.json`` holds: the config, the data normaliser (per-channel mean, std), Δ and channel cov."""
+    """What ``run.json`` holds: the config, the data normaliser (per-channel mean, std), Δ, the channel
+    covariance of colour cloud noise, and the SNR ratio of the calibrated schedule."""
 
     config: TrainConfig
     mean: tuple[float, ...]
     std: tuple[float, ...]
     delta: float | None = None
     channel_cov: tuple[tuple[float, ...], ...] | None = None
+    snr_ratio: float | None = None
+
+    @property
+    def noise(self):
+        return PowerLawNoise(self.delta, channel_cov=self.channel_cov) if self.config.noise == "cloud" else WhiteNoise()
 
     @property
     def diffusion(self) -> GaussianDiffusion:
         c = self.config
-        noise = PowerLawNoise(self.delta, channel_cov=self.channel_cov) if c.noise == "cloud" else WhiteNoise()
-        return GaussianDiffusion(noise, c.schedule, c.prediction, c.loss_weighting)
+        schedule = (
+            CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
+        )
+        return GaussianDiffusion(self.noise, schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
         return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
@@ -319,24 +331,31 @@ def _cached_train_step(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh
 
 
 def _measure(config: TrainConfig, source) -> Run:
-    """Normaliser (and Δ, channel covariance for cloud noise) from a seeded sample every process reads whole."""
+    """The normaliser, Δ and channel covariance (cloud noise) and the SNR ratio (calibrated schedule), measured
+    on a seeded sample of the data that every process reads whole (so all agree)."""
     n = min(config.normalizer_examples, source.num_examples)
     idx = np.sort(np.random.default_rng(config.seed).permutation(source.num_examples)[:n])
     x = np.asarray(source.get(idx), np.float64)
     mean, std = x.mean(axis=(0, 1, 2)), np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
     run = Run(config, tuple(map(float, mean)), tuple(map(float, std)))
-    if config.noise == "white":
-        return run
     z = run.normalize(x).astype(np.float32)
-    delta = config.delta
-    if delta is None:
-        from cloudjax.stats import fit_power_law
+    if config.noise == "cloud":
+        delta = config.delta
+        if delta is None:
+            from cloudjax.stats import fit_power_law
 
-        delta = float(fit_power_law(z).delta)
-    cov = None
-    if config.channels > 1:
-        cov = tuple(tuple(map(float, row)) for row in np.cov(z.reshape(-1, config.channels), rowvar=False))
-    return dataclasses.replace(run, delta=delta, channel_cov=cov)
+            delta = float(fit_power_law(z).delta)
+        cov = None
+        if config.channels > 1:
+            cov = tuple(tuple(map(float, row)) for row in np.cov(z.reshape(-1, config.channels), rowvar=False))
+        run = dataclasses.replace(run, delta=delta, channel_cov=cov)
+    if config.schedule == "calibrated":
+        from cloudjax.stats import dataset_stats
+
+        data_variance = dataset_stats([z], window=None).fourier_variance
+        noise_variance = run.noise.fourier_variance(config.image_size, config.image_size)
+        run = dataclasses.replace(run, snr_ratio=calibrated_schedule(data_variance, noise_variance).snr_ratio)
+    return run
 
 
 def _manager(workdir: Path, config: TrainConfig) -> ocp.CheckpointManager:

@@ -152,6 +152,16 @@ def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
         train(dataclasses.replace(CONFIG, noise="white"), tmp_path, source=_Source())
 
 
+def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():
+    t = np.array([0.2, 0.5, 0.8], np.float32)
+    a, s = (np.asarray(v, np.float64) for v in _measure(CONFIG, _Source()).diffusion.alpha_sigma(t))  # cosine
+    for noise, cloud_ratio in (("white", False), ("cloud", True)):
+        run = _measure(dataclasses.replace(CONFIG, schedule="calibrated", noise=noise), _Source())
+        assert (abs(run.snr_ratio - 1) > 0.05) == cloud_ratio  # white noise is its own reference: ratio 1
+        a2, s2 = (np.asarray(v, np.float64) for v in run.diffusion.alpha_sigma(t))
+        np.testing.assert_allclose((a2 / s2) ** 2, run.snr_ratio * (a / s) ** 2, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "field, value, match",
     [
@@ -160,6 +170,7 @@ def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
         ("model", "huge", "model must be one of"),
         ("image_size", 7, "divisible by 2"),
         ("delta", -1.0, "delta must be"),
+        ("schedule", "sigmoid", "schedule must be"),
     ],
 )
 def test_bad_config_raises_naming_the_field(field, value, match):
