@@ -12,7 +12,7 @@ schedule), ``cloud-pixel-loss``, ``cloud-calibrated`` (the schedule shifted so t
 schedule's mean per-mode SNR, Falck et al.), ``cloud-delta1.5`` (Δ = 1.5 instead of the fitted one) and
 ``cloud-t0.95`` (the ``cloud`` model sampled from t = 0.95, as the author did). ``--denoiser oracle`` replaces
 the networks by the exact denoiser for Gaussian data with the data's Π variance: no training, only what the noise
-and the sampler do (``cloud-calibrated`` runs only so until :mod:`cloudjax.train` can train that schedule).
+and the sampler do.
 
 NFE is the number of network calls: the samplers take ``NFE − 1`` steps and denoise once more at the end.
 Headline: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
@@ -62,9 +62,6 @@ VARIANTS = {
     "cloud-delta1.5": Variant("cloud", delta=1.5, loss_weighting="mahalanobis"),
     "cloud-t0.95": Variant("cloud", loss_weighting="mahalanobis", t_start=0.95, model_of="cloud"),
 }
-# cloudjax.train builds its schedule from a name and stores no data Π variance, so it cannot train
-# "calibrated" yet: that variant runs with --denoiser oracle only.
-TRAINABLE = [name for name, v in VARIANTS.items() if v.schedule != "calibrated"]
 SAMPLERS = ("ddim", "ddpm", "dpm++2m")
 NFES = (5, 10, 20, 50, 100, 250, 1000)
 
@@ -363,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=["patches", "fashion_mnist"], help="--data specs")
     p.add_argument("--data-dir", default=None, help="where dataset files live (fashion_mnist, tfds)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="default: all that run")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="network evaluations per sample (>= 2)")
     p.add_argument("--num-samples", type=int, default=2048, help="samples per (variant, sampler, NFE)")
@@ -386,12 +383,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny:
         p.set_defaults(**TINY)
         args = p.parse_args(argv)
-    if args.variants is None:
-        args.variants = TRAINABLE if args.denoiser == "unet" else list(VARIANTS)
-    if args.denoiser == "unet" and not set(args.variants) <= set(TRAINABLE):
-        p.error(
-            f"with --denoiser unet the variants must be among {TRAINABLE} (cloudjax.train has no calibrated schedule)"
-        )
     if min(args.nfe) < 2:
         p.error("--nfe values must be >= 2 (one step and the final denoising call)")
     if (args.workdir_white or args.workdir_cloud) and len(args.datasets) != 1:

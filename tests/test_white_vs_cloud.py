@@ -77,14 +77,15 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
 
 
 def test_tiny_unet_run_trains_through_cloudjax_train(wvc, tmp_path):
-    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss) trained by cloudjax.train, sampled from 0.95."""
+    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss, calibrated schedule) from cloudjax.train."""
     out, runs = tmp_path / "out", tmp_path / "runs"
-    args = ["--tiny", "--variants", "cloud-t0.95", "--nfe", "3", "--out", str(out), "--workdir", str(runs)]
+    args = ["--tiny", "--variants", "cloud-calibrated", "--nfe", "3", "--out", str(out), "--workdir", str(runs)]
     rows = wvc.main(args)["rows"]
-    _check_rows(rows, ["cloud-t0.95"], wvc.TINY["samplers"], [3])
-    run = json.loads(next(runs.glob("*_cloud/run.json")).read_text())
-    assert run["config"]["noise"] == "cloud" and run["config"]["loss_weighting"] == "mahalanobis"
-    assert run["config"]["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4
+    _check_rows(rows, ["cloud-calibrated"], wvc.TINY["samplers"], [3])
+    run = json.loads(next(runs.glob("*_cloud-calibrated/run.json")).read_text())
+    config = run["config"]
+    assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
+    assert config["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
 
 
 def test_headline_finds_the_first_nfe_that_matches_white(wvc):
