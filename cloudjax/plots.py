@@ -105,12 +105,15 @@ def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
 
 def save_image_grid(images, path: str | Path, ncols: int | None = None, scale: int = 4) -> Path:
     """Write :func:`image_grid` of ``images`` (in [0, 1]) as a PNG, each pixel ``scale``×``scale``."""
+    from etils import epath  # the run folder may be a bucket
     from PIL import Image
 
     grid = image_grid(images, ncols).repeat(scale, axis=0).repeat(scale, axis=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-    return Path(path)
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+    return path
 
 
 def plot_sample_comparison(named_images: dict, path: str | Path, ncols: int | None = None) -> Path:

@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils.epath import Path  # local paths and buckets (gs://, s3://) alike, as Orbax uses
 from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -418,7 +418,7 @@ class _Logger:
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines() if _record_step(line) <= start]
             path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(path, "a") if enabled else None
+        self.file = path.open("a") if enabled else None
         self.tb = None
         if enabled:
             try:
