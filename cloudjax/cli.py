@@ -149,7 +149,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Fit Δ on natural patches, train a white and a cloud tiny model, sample both, write a report folder."""
-    from cloudjax.train import run_demo
+    from cloudjax.demo import run_demo
 
     if args.minutes <= 0 or args.steps < 1:
         raise UsageError(f"--minutes must be > 0 and --steps >= 1, got {args.minutes} and {args.steps}")
