@@ -84,7 +84,8 @@ def _crop_fourier_variance(H: int, W: int, delta: float, pad: int) -> np.ndarray
     power, pseudo = modes(False).real, modes(True).real
     per_part = (power + pseudo) / 2 + 1j * (power - pseudo) / 2  # Var Re Z + i Var Im Z
     with jax.ensure_compile_time_eval():  # a constant, also when asked for under jit
-        variance = np.asarray(pi_layout(per_part, W, scale=2.0), np.float64)
+        # scale 2 = (√2)²; pi_layout negates the imaginary parts it mirrors, and a variance is sign-free.
+        variance = np.abs(np.asarray(pi_layout(per_part, W, scale=2.0), np.float64))
     variance.setflags(write=False)  # cached: shared by every caller
     return variance
 

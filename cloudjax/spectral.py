@@ -20,6 +20,7 @@ position with the |k| of its mode, so a diagonal Π-space covariance is a functi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -50,16 +51,6 @@ def _spatial_axes(ndim: int, axes: Sequence[int]) -> tuple[int, int]:
     return a, b
 
 
-def _pair_rows(column: jnp.ndarray, H: int, scale: float) -> jnp.ndarray:
-    """Π for one self-conjugate column ``(..., H)`` of complex values → real ``(..., H)``."""
-    p = (H - 1) // 2
-    parts = [column[..., :1].real, scale * column[..., 1 : p + 1].real]
-    if H % 2 == 0:
-        parts.append(column[..., p + 1 : p + 2].real)
-    parts.append(scale * jnp.flip(column[..., 1 : p + 1].imag, axis=-1))
-    return jnp.concatenate(parts, axis=-1)
-
-
 def _unpair_rows(column: jnp.ndarray, H: int) -> jnp.ndarray:
     """Inverse of :func:`_pair_rows`: real ``(..., H)`` → complex ``(..., H)`` with Hermitian symmetry."""
     p = (H - 1) // 2
@@ -72,20 +63,33 @@ def _unpair_rows(column: jnp.ndarray, H: int) -> jnp.ndarray:
     return jnp.concatenate(parts, axis=-1)
 
 
+@functools.lru_cache(maxsize=64)
+def _layout_masks(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W // 2 + 1)`` masks over the half spectrum: entries of the self-conjugate columns (0 and W/2) in rows
+    past H/2, which hold the imaginary part of their mirror row; and the self-conjugate modes (scale 1)."""
+    columns = np.zeros(W // 2 + 1, bool)
+    columns[0] = True
+    columns[W // 2] |= W % 2 == 0
+    rows = np.arange(H)
+    mirrored = (rows > H // 2)[:, None] & columns
+    real_modes = ((rows == 0) | ((H % 2 == 0) & (rows == H // 2)))[:, None] & columns
+    return mirrored, real_modes
+
+
 def pi_layout(Zr: jnp.ndarray, W: int, scale: float = _SQRT2) -> jnp.ndarray:
     """Place a half spectrum ``(..., H, W // 2 + 1)`` into Π's real ``(..., H, W)`` layout.
 
-    Paired modes contribute ``scale · Re`` and ``scale · Im``, self-conjugate ones their real part.
-    ``scale = √2`` is Π itself; ``scale = 2`` maps per-mode ``(Var Re Z) + i (Var Im Z)`` to the
-    variance of each Π entry.
+    Paired modes contribute ``scale · Re`` and ``scale · Im``, self-conjugate ones their real part; ``scale = √2``
+    is Π itself. One elementwise pass over the half spectrum plus the mirrored imaginary columns: in a
+    self-conjugate column, row H − i holds ``scale · Im Zr[i] = −scale · Im Zr[H − i]`` (Hermitian symmetry).
     """
     H = Zr.shape[-2]
     m = (W - 1) // 2
-    parts = [_pair_rows(Zr[..., 0], H, scale)[..., None], scale * Zr[..., 1 : m + 1].real]
-    if W % 2 == 0:
-        parts.append(_pair_rows(Zr[..., W // 2], H, scale)[..., None])
-    parts.append(scale * jnp.flip(Zr[..., 1 : m + 1].imag, axis=-1))
-    return jnp.concatenate(parts, axis=-1)
+    mirrored, real_modes = _layout_masks(H, W)
+    s = np.where(real_modes, 1.0, scale).astype(np.float32)
+    head = jnp.where(mirrored, -s * Zr.imag, s * Zr.real)
+    tail = scale * jnp.flip(Zr[..., 1 : m + 1].imag, axis=-1)
+    return jnp.concatenate([head, tail], axis=-1)
 
 
 def rfft_real(x: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
