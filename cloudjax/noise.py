@@ -24,7 +24,7 @@ from flax import struct
 
 from cloudjax.spectral import _spatial_axes, irfft_real, pi_layout, wavenumbers
 
-__all__ = ["power_law_noise", "power_law_spectrum", "WhiteNoise", "PowerLawNoise"]
+__all__ = ["power_law_noise", "power_law_spectrum", "power_law_autocovariance", "WhiteNoise", "PowerLawNoise"]
 
 
 def _check_delta_pad(delta: float, pad: int) -> None:
@@ -43,6 +43,13 @@ def power_law_spectrum(H: int, W: int, delta: float) -> np.ndarray:
     k = np.maximum(wavenumbers(H, W).astype(np.float64), 1.0 / max(H, W))
     S = k ** (-2.0 * delta)
     return S / S.mean()
+
+
+def power_law_autocovariance(H: int, W: int, delta: float, pad: int = 3) -> np.ndarray:
+    """Autocovariance c(d) of the unit-variance ``(pad·H, pad·W)`` periodic power-law field, indexed by the lag
+    ``d = (dy, dx)`` modulo that grid; c(0) = 1. The centre crop keeps these covariances for |d| < (H, W)."""
+    _check_delta_pad(delta, pad)
+    return np.fft.ifft2(power_law_spectrum(pad * H, pad * W, delta)).real
 
 
 def _window_sums(n: int, lags: np.ndarray, double: bool) -> np.ndarray:
@@ -71,7 +78,7 @@ def _crop_fourier_variance(H: int, W: int, delta: float, pad: int) -> np.ndarray
     and a Π entry √2 Re Z (√2 Im Z) has variance ``E|Z|² + Re E Z²`` (``E|Z|² − Re E Z²``).
     """
     PH, PW = pad * H, pad * W
-    c = np.fft.ifft2(power_law_spectrum(PH, PW, delta)).real  # autocovariance on the big grid
+    c = power_law_autocovariance(H, W, delta, pad)
     dy, dx = np.arange(-(H - 1), H), np.arange(-(W - 1), W)
     lagged = c[np.ix_(dy % PH, dx % PW)]
     half = W // 2 + 1

@@ -29,7 +29,8 @@ import numpy as np
 
 import cloudjax as cj
 from cloudjax.diffusion import GaussianDiffusion
-from cloudjax.plots import plot_power_law_fit
+from cloudjax.noise import power_law_autocovariance
+from cloudjax.plots import new_figure, plot_power_law_fit
 from cloudjax.spectral import radial_bins
 from cloudjax.stats import PowerLawFit, cross_mask, fit_power_law, mahalanobis_table
 
@@ -171,22 +172,12 @@ def crossing_frequency(k: np.ndarray, snr: np.ndarray) -> float | None:
     return float(np.exp(np.log(k[i - 1]) + f * (np.log(k[i]) - np.log(k[i - 1]))))
 
 
-def power_law_correlation(H: int, W: int, delta: float, pad: int) -> np.ndarray:
-    """Correlation ρ(d) of cloud noise at every lag ``d = (dy, dx)``, a ``(pad·H, pad·W)`` array indexed mod
-    its shape.
-
-    The synthesis grid's Π-space variance is ``S(k) ∝ max(|k|, k_min)^(−2Δ)`` with mean 1, so the
-    autocovariance is its inverse FFT and ρ(0) = mean S = 1; the centre crop keeps these correlations.
-    """
-    return np.fft.ifft2(cj.power_law_spectrum(pad * H, pad * W, delta)).real
-
-
 def wager(mean, std, heldout, delta, pairs, rng, pad=PAD) -> dict:
     """Guess pixel 2 from pixel 1 at random pairs of positions of held-out images, under two Gaussian models.
 
     white (§2.2, eq. 4): ``x2 ~ N(μ2, σ2²)``, the per-pixel mean and std only.
     power law (§2.3–2.6): ``z = (x − μ)/σ`` is Gaussian with the fitted power-law covariance, so
-    ``(z1, z2)`` has correlation ρ = ρ(p2 − p1) (:func:`power_law_correlation`) and
+    ``(z1, z2)`` has correlation ρ = ρ(p2 − p1) (:func:`cloudjax.noise.power_law_autocovariance`, unit variance) and
     ``x2 | x1 ~ N(μ2 + σ2 ρ z1, σ2² (1 − ρ²))``.
 
     Returns ``(M, pairs)`` arrays (``distance``, ``positions`` (y1, x1, y2, x2), ``value1``, ``value2``, ``z1``,
@@ -194,7 +185,7 @@ def wager(mean, std, heldout, delta, pairs, rng, pad=PAD) -> dict:
     log-likelihood (nats per guess).
     """
     M, H, W = heldout.shape
-    rho_grid = power_law_correlation(H, W, delta, pad)
+    rho_grid = power_law_autocovariance(H, W, delta, pad)
     p1 = rng.integers(0, H * W, (M, pairs))
     p2 = (p1 + rng.integers(1, H * W, (M, pairs))) % (H * W)
     (y1, x1), (y2, x2) = np.divmod(p1, W), np.divmod(p2, W)
@@ -224,13 +215,6 @@ def wager(mean, std, heldout, delta, pairs, rng, pad=PAD) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ figures
-
-
-def _figure(**kwargs):
-    """A matplotlib Figure outside pyplot (no backend state; matplotlib is imported only here)."""
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
 
 
 def _show(ax, image, title, **kwargs):
@@ -267,7 +251,7 @@ def _conjugate(z: np.ndarray) -> np.ndarray:
 
 def fig03_mean_std(s: Shared, out: Path) -> dict:
     """Per-pixel mean μ and std σ (eqs. 1–2), on [0, 1] and stretched to their own range."""
-    fig = _figure(figsize=(6, 6))
+    fig = new_figure(figsize=(6, 6))
     axes = fig.subplots(2, 2)
     numbers = {}
     for row, (name, image) in enumerate((("mean", s.mean), ("std", s.std))):
@@ -291,7 +275,7 @@ def fig04_images_vs_white(s: Shared, out: Path) -> dict:
     """Images next to white noise with their per-pixel mean and std, ``x ~ N(μ_ij, σ_ij²)`` (eq. 4)."""
     idx = _rng(s, 4).choice(len(s.images), 4, replace=False)
     white = _rng(s, 4).standard_normal(s.images.shape)
-    fig = _figure(figsize=(8, 4.4))
+    fig = new_figure(figsize=(8, 4.4))
     axes = fig.subplots(2, 4)
     for col, n in enumerate(idx):
         _show(axes[0, col], s.images[n], f"image {n}", cmap="gray", vmin=0, vmax=1)
@@ -309,7 +293,7 @@ def fig05_covariance(s: Shared, out: Path) -> dict:
     N, H, W = s.normed.shape
     points = _points(_rng(s, 5), np.ones((H, W), bool), s.config.points)
     ys, xs = np.mgrid[:H, :W]
-    fig = _figure(figsize=(2.5 * len(points), 2.8))
+    fig = new_figure(figsize=(2.5 * len(points), 2.8))
     axes = fig.subplots(1, len(points), squeeze=False)
     rings = []
     for ax, (y, x) in zip(axes[0], points, strict=True):
@@ -326,7 +310,7 @@ def fig06_fourier_samples(s: Shared, out: Path) -> dict:
     """Images with the real part, imaginary part and magnitude of their centred FFT Z (eq. 6), and the
     :func:`cross_excess` of each one's power |Z|²."""
     idx = _rng(s, 6).choice(len(s.images), 4, replace=False)
-    fig = _figure(figsize=(8, 2.1 * len(idx)))
+    fig = new_figure(figsize=(8, 2.1 * len(idx)))
     axes = fig.subplots(len(idx), 4)
     for row, n in enumerate(idx):
         z = s.fourier[n]
@@ -351,7 +335,7 @@ def fig07_fourier_covariance(s: Shared, out: Path) -> dict:
     N, H, W = s.fourier.shape
     cross = centred_cross(*s.mean.shape, s.config.cross)
     points = _points(_rng(s, 7), ~cross, s.config.points)
-    fig = _figure(figsize=(8, 2.1 * len(points)))
+    fig = new_figure(figsize=(8, 2.1 * len(points)))
     axes = fig.subplots(len(points), 4, squeeze=False)
     variance = np.mean(np.abs(s.fourier) ** 2, axis=0)
     per_point = []
@@ -389,7 +373,7 @@ def fig08_gamma_diag(s: Shared, out: Path) -> dict:
     """``Γ_diag = E|Z_ij|²`` whole and with the central cross masked; its :func:`cross_excess` and DC value."""
     H, W = s.mean.shape
     gamma = np.mean(np.abs(s.fourier) ** 2, axis=0)
-    fig = _figure(figsize=(6, 3.2))
+    fig = new_figure(figsize=(6, 3.2))
     axes = fig.subplots(1, 2)
     lo, hi = np.log10(gamma).min(), np.log10(gamma).max()
     _show(axes[0], np.log10(gamma), "log10 Γ_diag", cmap="viridis", vmin=lo, vmax=hi)
@@ -429,7 +413,7 @@ def fig10_11_tiling(s: Shared, out: Path) -> dict:
     for pad, name, figure in ((1, "periodic", "fig10_periodic_tiled"), (PAD, "cropped", "fig11_cropped_tiled")):
         fields = _noise_fields(s, _key(s, 10), s.fit.delta, pad)[..., 0]
         numbers[name] = seam_ratio(fields)
-        fig = _figure(figsize=(4, 4.3))
+        fig = new_figure(figsize=(4, 4.3))
         _show(
             fig.subplots(),
             np.tile(fields[0], (3, 3)),
@@ -447,7 +431,7 @@ def _noises(s: Shared) -> dict:
 def fig12_noise_types(s: Shared, out: Path) -> dict:
     """White, pink, cloud (the fitted Δ) and red noise (Table 2); Δ fitted back from 256 samples of each."""
     deltas = {"white": 0.0, "pink": 1.0, "cloud": s.fit.delta, "red": 2.0}
-    fig = _figure(figsize=(8.8, 4.6))
+    fig = new_figure(figsize=(8.8, 4.6))
     axes = fig.subplots(2, len(deltas))
     numbers = {}
     for col, (name, delta) in enumerate(deltas.items()):
@@ -476,7 +460,7 @@ def fig14_forward_process(s: Shared, out: Path) -> dict:
     t = np.tile(times, len(x0))
     reference = _log_spectrum(x0)[:, None]
     reference = reference - reference.mean((-2, -1), keepdims=True)
-    fig = _figure(figsize=(1.6 * (len(times) + 1), 7.0))
+    fig = new_figure(figsize=(1.6 * (len(times) + 1), 7.0))
     axes = fig.subplots(4, len(times) + 1)
     numbers = dict(times=times)
     for row, (name, noise) in enumerate(_noises(s).items()):
@@ -516,7 +500,7 @@ def fig17_radial_snr(s: Shared, out: Path) -> dict:
     times = np.array(s.config.times, np.float32)
     alpha, sigma = (np.asarray(v) for v in GaussianDiffusion(schedule="offset_cosine").alpha_sigma(times))
     colours = colormaps["viridis"](np.linspace(0, 0.9, len(times)))
-    fig = _figure(figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
     axes = fig.subplots(1, 2, sharey=True)
     numbers = dict(times=times, alpha=alpha, sigma=sigma, k=k, data_profile=profile)
     for ax, (name, noise) in zip(axes, _noises(s).items(), strict=True):
@@ -568,7 +552,7 @@ def fig19_mahalanobis(s: Shared, out: Path) -> dict:
             paper["white-white"] / paper["cloud-cloud"],
         ),
     )
-    fig = _figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.subplots()
     names = list(table)
     ax.barh(names, [author[n] for n in names], color="tab:blue", label=f"ours ({s.mean.shape[0]} px, author units)")
@@ -610,7 +594,7 @@ def wager_figure(s: Shared, out: Path) -> dict:
         mse_white=by_distance((w["value2"] - w["white"]["guess"]) ** 2),
         mse_power_law=by_distance((w["value2"] - w["power_law"]["guess"]) ** 2),
     )
-    fig = _figure(figsize=(9, 3.6))
+    fig = new_figure(figsize=(9, 3.6))
     axes = fig.subplots(1, 2)
     axes[0].plot(present, curves["empirical_correlation"], "o-", ms=3, label="held-out images")
     axes[0].plot(present, curves["model_correlation"], "s--", ms=3, label=f"power law, Δ = {s.fit.delta:.2f}")

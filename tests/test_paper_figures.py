@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cloudjax as cj
+from cloudjax.noise import power_law_autocovariance
 
 
 def _load_script():
@@ -111,8 +112,8 @@ def _pi_matrix(H, W):
 
 
 def _cloud_covariances(H, W, delta, pad):
-    """Exact ``(HW, HW)`` covariance of cloud noise in real space (from the wager's ρ(d)) and in Π space."""
-    rho = pf.power_law_correlation(H, W, delta, pad)
+    """Exact ``(HW, HW)`` covariance of cloud noise in real space (from its autocovariance ρ(d)) and in Π space."""
+    rho = power_law_autocovariance(H, W, delta, pad)
     ys, xs = np.divmod(np.arange(H * W), W)
     real = rho[(ys[:, None] - ys[None, :]) % (pad * H), (xs[:, None] - xs[None, :]) % (pad * W)]
     pi = _pi_matrix(H, W)
@@ -126,8 +127,9 @@ def _exact_fraction(cov, standardize=False):
 
 
 @pytest.mark.parametrize("pad", [1, pf.PAD])
-def test_power_law_correlation_is_the_cloud_noise_covariance(pad):
-    """The wager's closed-form ρ(d) gives exactly the Π-space variance the noise library derives its own way."""
+def test_autocovariance_gives_the_noise_models_fourier_variance(pad):
+    """Π applied to the full real-space covariance built from ρ(d) (the wager's model) gives exactly the Π-space
+    variance the noise model computes by its lag sums."""
     _, fourier = _cloud_covariances(16, 16, 1.4, pad)
     expected = cj.PowerLawNoise(1.4, pad=pad).fourier_variance(16, 16)
     np.testing.assert_allclose(np.diag(fourier).reshape(16, 16), expected, rtol=1e-5)
