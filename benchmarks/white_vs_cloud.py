@@ -38,6 +38,7 @@ import numpy as np
 import cloudjax as cj
 from cloudjax import metrics
 from cloudjax.data.pipeline import open_source
+from cloudjax.plots import new_figure
 from cloudjax.schedules import calibrated_schedule
 from cloudjax.stats import fit_power_law
 
@@ -204,17 +205,11 @@ def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: 
 # --- figures ------------------------------------------------------------------------------------------------------
 
 
-def _figure(**kwargs):
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
 def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
     """One panel per metric: value against NFE (log axis), a line per variant and sampler, the real-data floor."""
     names = [m for m in rows[0]["metrics"] if not m.startswith("sample_")]
     cols = 4
-    fig = _figure(figsize=(4 * cols, 3.2 * -(-len(names) // cols)))
+    fig = new_figure(figsize=(4 * cols, 3.2 * -(-len(names) // cols)))
     axes = fig.subplots(-(-len(names) // cols), cols, squeeze=False).ravel()
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     samplers = list(dict.fromkeys(r["sampler"] for r in rows))
@@ -259,7 +254,7 @@ def plot_samples(real: np.ndarray, sheets: dict[tuple[str, int], np.ndarray], pa
     """Real images, then one row per variant and one column per NFE (same starting noise along a row)."""
     variants = list(dict.fromkeys(v for v, _ in sheets))
     nfes = sorted({n for _, n in sheets})
-    fig = _figure(figsize=(2.2 * (len(nfes) + 1), 2.3 * len(variants)))
+    fig = new_figure(figsize=(2.2 * (len(nfes) + 1), 2.3 * len(variants)))
     axes = fig.subplots(len(variants), len(nfes) + 1, squeeze=False)
     for row, variant in enumerate(variants):
         axes[row, 0].imshow(_tile(real), cmap="gray", vmin=0, vmax=1)

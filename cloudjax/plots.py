@@ -7,11 +7,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["plot_power_law_fit", "plot_noise_sheet"]
+__all__ = ["new_figure", "plot_power_law_fit", "plot_noise_sheet"]
 
 
-def _figure(**kwargs):
-    """A matplotlib Figure that is not registered with pyplot (no backend state, nothing to close)."""
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot (no backend state, nothing to close); matplotlib is imported here."""
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
@@ -25,7 +25,7 @@ def plot_power_law_fit(fit, path: str | Path) -> Path:
     k, gamma, used = fit.k.ravel(), fit.gamma.ravel(), fit.mask.ravel()
     masked = ~used & (k > 0)
     line_k = np.geomspace(k[k > 0].min(), k.max(), 100)
-    fig = _figure(figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for ax, log in zip(axes, (False, True), strict=True):
         ax.scatter(k[masked], gamma[masked], s=4, c="lightblue", label="masked (central cross)")
@@ -65,7 +65,7 @@ def plot_noise_sheet(
     deltas = deltas or {"white": 0.0, "pink": 1.0, "cloud": 1.5, "red": 2.0}
     noise_fn = jax.jit(power_law_noise, static_argnums=(1, 2, 3))
     keys = jax.random.split(key, len(deltas))
-    fig = _figure(figsize=(2.2 * len(deltas), 2.2 * rows))
+    fig = new_figure(figsize=(2.2 * len(deltas), 2.2 * rows))
     axes = fig.subplots(rows, len(deltas), squeeze=False)
     for col, ((name, delta), k) in enumerate(zip(deltas.items(), keys, strict=True)):
         noise = np.asarray(noise_fn(k, (rows, size, size), delta, (-2, -1)))
@@ -118,7 +118,7 @@ def save_image_grid(images, path: str | Path, ncols: int | None = None, scale: i
 
 def plot_sample_comparison(named_images: dict, path: str | Path, ncols: int | None = None) -> Path:
     """Titled sample grids side by side, e.g. ``{"data": x, "white": w, "cloud": c}`` (each in [0, 1])."""
-    fig = _figure(figsize=(3.2 * len(named_images), 3.4))
+    fig = new_figure(figsize=(3.2 * len(named_images), 3.4))
     axes = fig.subplots(1, len(named_images), squeeze=False)[0]
     for ax, (name, images) in zip(axes, named_images.items(), strict=True):
         grid = image_grid(images, ncols)
