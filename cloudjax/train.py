@@ -41,6 +41,7 @@ from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cloudjax.compile_cache import enable_compile_cache
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.models import UNet, init, preset
 from cloudjax.noise import PowerLawNoise, WhiteNoise
@@ -519,10 +520,12 @@ def train(
     ``get``). Saves a checkpoint every ``checkpoint_every`` steps, at the end, and on SIGTERM (then
     ``summary["preempted"]`` is True) or after ``time_limit`` seconds of training (``summary["timed_out"]``,
     resumable like a preemption). Raises :class:`TrainingDiverged` on a NaN/Inf loss (nothing of the
-    bad step is saved) and ``ValueError`` for a workdir holding a different run.
+    bad step is saved) and ``ValueError`` for a workdir holding a different run. Turns JAX's persistent
+    compilation cache on (:mod:`cloudjax.compile_cache`), so a second run with the same shapes starts in seconds.
     """
     from cloudjax.data import BatchIterator, open_source
 
+    enable_compile_cache()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
