@@ -14,7 +14,7 @@ Any function ``D(x0, t)`` with the same contract works in their place; it need n
 that shrinks to zero for images in [−1, 1]::
 
     def fade_range(x0, t, steps=10):
-        r = 1 - jnp.asarray(t)[..., None, None, None] / steps
+        r = (steps - jnp.asarray(t)[..., None, None, None]) / steps
         return jnp.clip(x0, -r, r)
 """
 
