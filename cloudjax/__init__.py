@@ -1,6 +1,7 @@
 """cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
 
 from cloudjax import registry
+from cloudjax.cold import ColdDiffusion, MeanPrior
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
 from cloudjax.models import UNet, UNetConfig
