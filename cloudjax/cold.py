@@ -135,7 +135,8 @@ class ColdDiffusion:
 
     Attributes:
       degradation: ``D(x0, t)``, x0 ``(B, H, W, C)``, integer t ``(B,)`` in {0, …, steps}, D(x0, 0) = x0.
-      steps: T, the number of degradation steps (>= 1).
+      steps: T, the number of degradation steps (>= 1); None takes the degradation's ``steps`` (built-in ones
+        have it), which must agree when both are given.
       loss_weighting: ``"l1"`` (the paper's) or ``"l2"``: the norm of the x0 error.
       mean_prior: a :class:`MeanPrior` to generate from (the start when ``sample`` gets no ``init_noise``), or None.
     """
@@ -151,6 +152,11 @@ class ColdDiffusion:
     def __post_init__(self):
         if not callable(self.degradation):
             raise ValueError(f"degradation must be a callable D(x0, t), got {self.degradation!r}")
+        steps = getattr(self.degradation, "steps", None)
+        if self.steps is None and steps is not None:
+            object.__setattr__(self, "steps", steps)
+        if steps is not None and self.steps != steps:
+            raise ValueError(f"steps={self.steps} differs from the degradation's steps={steps}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < 1:
             raise ValueError(f"steps must be an integer T >= 1, got {self.steps!r}")
         registry.check("loss_weighting", self.loss_weighting, registry.LOSSES["cold"])
