@@ -58,30 +58,41 @@ def test_time_grid_and_bad_settings():
         cj.sample(lambda x, t: x, process, jax.random.key(0), X0.shape, steps=2, method="cold")
 
 
-@pytest.mark.parametrize("degradation", [blur, fade, squash])
+BUILT_IN = [
+    cj.GaussianBlur.from_routine("incremental", T, 0.5, kernel_size=5, padding="reflect"),
+    cj.GaussianMask.linear(T, std=0.5, initial=1.0),
+    cj.Downsample(steps=2),
+    cj.Decolorize(T),
+]
+
+
+@pytest.mark.parametrize("degradation", [blur, fade, squash, *BUILT_IN], ids=lambda d: type(d).__name__)
 def test_exact_restorer_returns_x0(degradation):
     """With x̂0 = x0, Algorithm 1 ends at D(x0, 0) = x0 and Algorithm 2 telescopes to x_T − D(x0, T) + x0 = x0."""
-    process = cj.ColdDiffusion(degradation, steps=T)
-    start = degradation(X0, jnp.full((3,), T))
+    process = cj.ColdDiffusion(degradation, steps=getattr(degradation, "steps", T))
+    start = degradation(X0, jnp.full((3,), process.steps))
     assert float(jnp.abs(start - X0).max()) > 0.1
     seen = []
     exact = lambda x, t: (seen.append(t.shape), X0)[1]
-    for method, steps in [("cold", T), ("cold", 3), ("cold_naive", 5), ("direct", 4)]:
+    for method, steps in [("cold", process.steps), ("cold", 2), ("cold_naive", process.steps), ("direct", 1)]:
         np.testing.assert_allclose(_run(process, exact, method, steps, start), X0, atol=1e-5)
     assert set(seen) == {(3,)}
 
 
-def test_algorithm_2_cancels_a_smooth_error_that_algorithm_1_keeps():
+@pytest.mark.parametrize(
+    "D", [blur, cj.GaussianBlur.from_routine("constant", T, 0.7, kernel_size=5)], ids=["fft", "built-in"]
+)
+def test_algorithm_2_cancels_a_smooth_error_that_algorithm_1_keeps(D):
     """x̂0 = x0 + δ with δ smooth: Algorithm 2 ends at x0 + δ − D(δ, T), Algorithm 1 at x0 + δ (the anchor's point)."""
-    process = cj.ColdDiffusion(blur, steps=T)
+    process = cj.ColdDiffusion(D, steps=T)
     key_offset, key_field = jax.random.split(jax.random.key(2))
     smooth = blur(jax.random.normal(key_field, X0.shape), jnp.full((3,), T))
     delta = 0.3 * jax.random.normal(key_offset, (3, 1, 1, 2)) + smooth  # a colour offset and a smooth field
     restorer = lambda x, t: X0 + delta
-    start = blur(X0, jnp.full((3,), T))
+    start = D(X0, jnp.full((3,), T))
     err2 = _run(process, restorer, "cold", T, start) - X0
     err1 = _run(process, restorer, "cold_naive", T, start) - X0
-    np.testing.assert_allclose(err2, delta - blur(delta, jnp.full((3,), T)), atol=1e-5)
+    np.testing.assert_allclose(err2, delta - D(delta, jnp.full((3,), T)), atol=1e-5)
     np.testing.assert_allclose(err1, delta, atol=1e-5)
     assert float(jnp.sqrt(jnp.mean(err2**2))) < 0.5 * float(jnp.sqrt(jnp.mean(err1**2)))
 
