@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cloudjax.registry import BLUR_ROUTINES
+
 __all__ = ["BLUR_ROUTINES", "GaussianBlur", "GaussianMask", "Downsample", "Decolorize"]
 
-BLUR_ROUTINES = ("constant", "incremental", "exponential")
 PADDINGS = ("circular", "reflect")
 DOWNSAMPLE_METHODS = ("area", "bicubic")
 
