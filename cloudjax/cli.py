@@ -197,7 +197,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.steps < 1:
         raise UsageError(f"--minutes must be > 0 and --steps >= 1, got {args.minutes} and {args.steps}")
     summary = run_demo(args.out, steps=args.steps, minutes=args.minutes, quick=args.quick, seed=args.seed)
-    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f})")
+    steps = f"{summary['white']['steps']} white / {summary['cloud']['steps']} cloud steps"
+    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f}, {steps})")
     return 0
 
 
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")
     p.add_argument("--minutes", type=float, default=7.0, help="time budget of the whole demo (training stops early)")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per model (stops early at --minutes)")
+    p.add_argument("--steps", type=int, default=20_000, help="training steps per model (stops early at --minutes)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
