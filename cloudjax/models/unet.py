@@ -97,6 +97,13 @@ def _zero_conv(cin: int, cout: int, kernel: int, kw: dict, rngs: nnx.Rngs) -> nn
     return nnx.Conv(cin, cout, (kernel, kernel), kernel_init=nnx.initializers.zeros_init(), rngs=rngs, **kw)
 
 
+def _upsample2(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour 2× up-sampling ``(B, H, W, C) → (B, 2H, 2W, C)`` as a broadcast (its gradient a sum);
+    ``jax.image.resize(..., "nearest")`` gives the same values through a gather, whose gradient is a scatter."""
+    B, H, W, C = x.shape
+    return jnp.broadcast_to(x[:, :, None, :, None, :], (B, H, 2, W, 2, C)).reshape(B, 2 * H, 2 * W, C)
+
+
 class ResBlock(nnx.Module):
     """``h = Conv(Drop(SiLU(GN(Conv(SiLU(GN(x))) + Linear(emb))))); return skip(x) + h``."""
 
@@ -227,8 +234,7 @@ class UNet(nnx.Module):
             for i in range(cfg.num_res_blocks + 1):
                 h = blocks.block(i, jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1), emb, key())
             if j < len(self.upsamplers):
-                B, H, W, C = h.shape
-                h = self.upsamplers[j](jax.image.resize(h, (B, 2 * H, 2 * W, C), "nearest"))
+                h = self.upsamplers[j](_upsample2(h))
         return self.out_conv(nnx.silu(self.out_norm(h))).astype(jnp.float32)
 
 
