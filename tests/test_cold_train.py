@@ -1,90 +1,85 @@
-"""Cold runs through the trainer and the CLI: the L1 loss of a tiny blur model falls, run.json keeps the mean
-prior, `cloudjax sample` generates and restores (degraded | direct | Algorithm 1 | Algorithm 2 | original),
-and user mistakes in the cold flags are one line with exit status 2.
+"""Cold runs end to end: `experiments/cold_diffusion.py --quick` trains a tiny blur-generation model and a Gaussian
+one through `cloudjax.train` and writes its table; on that run the L1 loss falls, run.json keeps the mean prior,
+`cloudjax sample` generates and restores (degraded | direct | Algorithm 1 | Algorithm 2 | original), and user
+mistakes in the cold flags are one line with exit status 2.
 
-One tiny 8×8 generation run (blur, last step to the mean) serves every test here.
+The whole file trains two 8×8 models once (the module fixture); the CLI reuses their compiled samplers.
 """
 
+import importlib.util
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cloudjax.cli import main
-from cloudjax.data.sources import ArraySource
-from cloudjax.train import RESTORATIONS, TrainConfig, load_run, train
+from cloudjax.train import RESTORATIONS, load_run
 
-CONFIG = TrainConfig(
-    data="test",
-    model="tiny",
-    image_size=8,
-    batch_size=8,
-    steps=30,
-    lr=2e-3,
-    warmup_steps=0,
-    process="cold",
-    degradation="blur",
-    degradation_steps=5,
-    blur_std=1.0,
-    blur_kernel=5,
-    generation=True,
-    gmm_components=2,
-    checkpoint_every=30,
-    log_every=5,
-    normalizer_examples=64,
-)
-
-
-def _images(n=64):
-    """Smooth random images: blurred noise plus a per-image brightness (two clusters of means)."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 8, 8))
-    x = (x + np.roll(x, 1, 1) + np.roll(x, 1, 2) + np.roll(x, (1, 1), (1, 2))) / 8
-    level = np.where(np.arange(n) % 2, 0.3, 0.7)[:, None, None]
-    return np.clip(level + x, 0, 1).astype(np.float32)[..., None]
+pytest.importorskip("skimage")
 
 
 @pytest.fixture(scope="module")
-def cold_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("cold")
-    summary = train(CONFIG, workdir, source=ArraySource(_images(), 8, 1), stream=None)
-    return workdir, summary
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cold_quick")
+    path = Path(__file__).parents[1] / "experiments" / "cold_diffusion.py"
+    spec = importlib.util.spec_from_file_location("cold_diffusion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--quick", "--out", str(out), "--data", "patches:64", "--test-data", "patches:16"])
+    return out, result
 
 
-def test_l1_loss_falls_and_run_json_keeps_the_mean_prior(cold_run):
-    workdir, summary = cold_run
+def test_quick_experiment_writes_the_table(quick):
+    out, result = quick
+    saved = json.loads((out / "cold_diffusion.json").read_text())
+    assert saved["restoration"] == json.loads(json.dumps(result["restoration"]))
+    row = saved["restoration"]["blur_to_mean"]
+    assert set(row) == {"degraded", "direct", "cold_naive", "cold", "T"} and row["T"] == 20
+    for scores in (row[k] for k in ("degraded", "direct", "cold_naive", "cold")):
+        assert 0 <= scores["rmse"] <= 1 and -1 <= scores["ssim"] <= 1
+    assert row["degraded"]["ssim"] < 0.5 < row["degraded"]["rmse"] + 0.5  # D(x, T) is flat: no structure left
+    assert set(saved["generation"]) == {"cold_blur", "gaussian"}
+    assert all(v["spectral_distance"] >= 0 and v["pixel_std"] > 0 for v in saved["generation"].values())
+    assert saved["machine"]["cpus"] >= 1 and (out / "cold_diffusion.png").stat().st_size > 0
+
+
+def test_l1_loss_falls_and_run_json_keeps_the_mean_prior(quick):
+    workdir = quick[0] / "runs" / "cold_blur"
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert summary["step"] == 30 and losses[-1] < 0.7 * losses[0]
+    assert len(losses) == 10 and losses[-1] < 0.8 * losses[0]
     run, _, state = load_run(workdir)
-    assert run.config == CONFIG and int(state.step) == 30
-    prior = run.mean_prior
-    assert len(prior.weights) == 2 and 0 < prior.noise < 0.01
-    # the two brightness clusters, in normalised units
-    levels = np.sort(np.asarray(prior.means)[:, 0] * run.std[0] + run.mean[0])
-    np.testing.assert_allclose(levels, [0.3, 0.7], atol=0.05)
+    assert (run.config.process, run.config.generation, run.config.loss_weighting) == ("cold", True, "l1")
+    assert int(state.step) == 30 and len(run.mean_prior.weights) == 1 and 0 < run.mean_prior.noise < 0.01
     process = run.diffusion
-    assert process.steps == 5 and process.mean_prior == prior
-    flat = process.degrade(jnp.asarray(_images(2)), jnp.full((2,), 5))
-    np.testing.assert_allclose(flat.std(axis=(1, 2)), 0, atol=1e-6)  # D(x, T) is the mean: the prior's domain
+    assert process.steps == 20 and process.mean_prior == run.mean_prior
+    x = jnp.asarray(np.random.default_rng(0).random((2, 8, 8, 1)), jnp.float32)
+    np.testing.assert_allclose(process.degrade(x, jnp.full((2,), 20)).std(axis=(1, 2)), 0, atol=1e-6)
 
 
-def test_sample_generates_and_restores(cold_run, tmp_path):
-    workdir, _ = cold_run
-    assert main(["sample", "--workdir", str(workdir), "--out", str(tmp_path / "gen"), "--num", "3"]) == 0
+def test_sample_generates_and_restores(quick, tmp_path):
+    workdir = str(quick[0] / "runs" / "cold_blur")
+    assert main(["sample", "--workdir", workdir, "--out", str(tmp_path / "gen"), "--num", "4"]) == 0
     generated = np.load(tmp_path / "gen.npz")
-    assert generated["images"].shape == (3, 8, 8, 1) and str(generated["method"]) == "cold"
+    assert generated["images"].shape == (4, 8, 8, 1) and str(generated["method"]) == "cold"
     assert np.ptp(generated["images"], axis=(1, 2)).min() > 1e-3  # not flat: the restorer added detail
-    argv = ["sample", "--workdir", str(workdir), "--out", str(tmp_path / "r.png"), "--num", "2", "--restore"]
+    # two pairs of different images with equal means: D(x, T) is their mean, so every restoration agrees per pair
+    rng = np.random.default_rng(1)
+    a = rng.random((2, 8, 8, 1)).astype(np.float32) * 0.5
+    b = rng.random((2, 8, 8, 1)).astype(np.float32) * 0.5
+    b += a.mean(axis=(1, 2), keepdims=True) - b.mean(axis=(1, 2), keepdims=True)
+    np.savez(tmp_path / "pairs.npz", images=np.concatenate([a, b]))
+    argv = ["sample", "--workdir", workdir, "--out", str(tmp_path / "r.png"), "--num", "4", "--restore"]
     assert main([*argv, "--data", "nonexistent"]) == 2  # one line, no traceback
-    assert main([*argv, "--data", "patches:8"]) == 0
+    assert main([*argv, "--data", f"npz:{tmp_path / 'pairs.npz'}"]) == 0
     out = np.load(tmp_path / "r.npz")
-    run, _, _ = load_run(workdir)
-    z = run.normalize(out["original"])
-    degraded = run.denormalize(run.diffusion.degrade(jnp.asarray(z, jnp.float32), jnp.full((2,), 5)))
-    np.testing.assert_allclose(out["degraded"], degraded, atol=1e-5)
-    errors = {name: np.abs(out[name] - out["original"]).mean() for name in RESTORATIONS}
-    assert errors["original"] == 0 and errors["direct"] < errors["degraded"]
+    order = np.argsort(out["original"].mean(axis=(1, 2, 3)), kind="stable")
+    first, second = order[[0, 2]], order[[1, 3]]  # pairs have equal means
+    assert np.abs(out["original"][first] - out["original"][second]).max() > 0.1
+    for name in RESTORATIONS[:-1]:
+        np.testing.assert_allclose(out[name][first], out[name][second], atol=1e-5)
+    assert np.abs(out["direct"] - out["degraded"]).max() > 1e-3
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
