@@ -57,6 +57,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import WhiteNoise
+from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
 __all__ = [
@@ -255,6 +256,22 @@ class ScaleSpaceDiffusion:
         """(α_t, σ_t) for t in [0, 1]."""
         return self.schedule.alpha_sigma(t)
 
+    def time_grid(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> np.ndarray:
+        """``(steps + 1,)`` decreasing times: uniform, with the nearest interior time moved onto each change time
+        in (t_end, t_start) so every resolution change is a step of its own (step skipping keeps them); the same
+        NFE as the uniform grid. ``ValueError`` if ``steps`` is too small to hold them all."""
+        ts = time_grid(steps, t_start, t_end).astype(np.float64)
+        changes = [c for c in self.change_times if t_end < c < t_start]
+        if len(changes) > steps - 1:
+            raise ValueError(f"steps must be >= {len(changes) + 1} to keep the {len(changes)} resolution changes")
+        free = list(range(1, steps))
+        for c in changes:
+            j = min(free, key=lambda i: abs(ts[i] - c))
+            free.remove(j)
+            ts[j] = c
+        ts[1:-1] = np.sort(ts[1:-1])[::-1]
+        return ts.astype(np.float32)
+
     # -- the forward process -----------------------------------------------------------------------------
 
     def q_sample(self, key: jax.Array, x0: jnp.ndarray, t: jnp.ndarray, noise=None, level: int | None = None):
@@ -354,10 +371,10 @@ class ScaleSpaceDiffusion:
         matvec = lambda u: self._B(self._Bt(u[None]))[0]
         return jax.vmap(lambda u: lanczos_apply(matvec, u, fn, self.lanczos_iterations))(w)
 
-    def change_posterior(self, x_t, x0, t, s, xi) -> jnp.ndarray:
+    def change_posterior(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
         """A draw from q(x_s | x_t, x0) across one halving: x_t ``(B, h, w, C)`` at r(t), x0 and the white ξ
-        ``(B, 2h, 2w, C)`` at r(s); ξ = 0 gives the mean. t, s: scalars (see the module docstring)."""
-        (a_t, s_t), (a_s, s_s) = self.alpha_sigma(t), self.alpha_sigma(s)
+        ``(B, 2h, 2w, C)`` at r(s); ξ = 0 gives the mean. at_t, at_s: (α, σ) at t and s (module docstring)."""
+        (a_t, s_t), (a_s, s_s) = at_t, at_s
         c, rho = a_t / a_s, s_s**2 / s_t**2
         mu = a_s * x0
         resid = x_t - c * downsample(mu, self.resize)
@@ -365,13 +382,13 @@ class ScaleSpaceDiffusion:
         noise = self._cov_power(xi + self._Bt(self._gram_apply(self._B(xi), _g_sqrt(rho * c**2))), 0.5)
         return mean + s_s * noise
 
-    def change_ddim(self, x_t, x0, t, s, xi) -> jnp.ndarray:
+    def change_ddim(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
         """The deterministic (DDIM-type) step across one halving: ``x_s = α_s x̂0 + σ_s ε_s`` with
         ``ε_s = Σ_s^{1/2}(Bᵀ(BBᵀ)^{−1/2} ξ_t + (I − Bᵀ(BBᵀ)⁻¹B) ξ)``, ξ_t = Σ_t^{−1/2} ε̂_t the whitened predicted
         noise. The part of ε_s that x_t determines is carried deterministically; the complement (the new
         detail) is fresh noise ξ — a deterministic map cannot create those degrees of freedom. If ε̂_t is
         N(0, Σ_t), ε_s is exactly N(0, Σ_s)."""
-        (a_t, s_t), (a_s, s_s) = self.alpha_sigma(t), self.alpha_sigma(s)
+        (a_t, s_t), (a_s, s_s) = at_t, at_s
         eps_t = (x_t - a_t * downsample(x0, self.resize)) / s_t
         carried = self._Bt(self._gram_apply(self._cov_power(eps_t, -0.5), jax.lax.rsqrt))
         fresh = xi - self._Bt(self._gram_apply(self._B(xi), lambda lam: 1.0 / lam))

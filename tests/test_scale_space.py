@@ -47,6 +47,11 @@ def test_change_points_match_the_anchor():
     assert d.resolution(438 / 1000) == (64, 64) and d.resolution(439 / 1000) == (32, 32)
     assert d.resolution(1.0) == (8, 8) and d.resolution(0.0) == (64, 64)
     assert d.is_change(439 / 1000) and not d.is_change(440 / 1000)
+    ts = d.time_grid(20)  # step skipping keeps every change step, at the uniform grid's NFE
+    assert len(ts) == 21 and np.all(np.diff(ts) < 0) and set(d.change_times) <= set(ts.tolist())
+    assert np.all(np.diff(d.level(ts)) <= 0) and np.all(np.diff(d.level(ts)) >= -1)
+    with pytest.raises(ValueError, match="steps"):
+        d.time_grid(3)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,8 @@ def test_exact_posterior_equals_the_dense_formulas(noise):
     keys = jax.random.split(jax.random.key(1))
     x_t, x0 = jax.random.normal(keys[0], (1, 4, 4, 1)), jax.random.normal(keys[1], (1, 8, 8, 1))
     mean, cov = dense_posterior(d, x_t, x0, t, s, (8, 8))
-    draw = lambda xi: d.change_posterior(x_t, x0, t, s, xi.reshape(1, 8, 8, 1)).reshape(-1)
+    at_t, at_s = d.alpha_sigma(t), d.alpha_sigma(s)
+    draw = lambda xi: d.change_posterior(x_t, x0, at_t, at_s, xi.reshape(1, 8, 8, 1)).reshape(-1)
     got_mean, J = jax.jit(lambda xi: (draw(xi), jax.jacfwd(draw)(xi)))(jnp.zeros(64))
     np.testing.assert_allclose(got_mean, mean, atol=1e-5)
     J = np.asarray(J, np.float64)
@@ -142,7 +148,10 @@ def test_lanczos_posterior_is_close_to_exact():
     x_t, x0 = jax.random.normal(keys[0], (1, 8, 8, 1)), jax.random.normal(keys[1], (1, 16, 16, 1))
     xi = jax.random.normal(keys[2], (1, 16, 16, 1))
     mean, cov = dense_posterior(d, x_t, x0, t, s, (16, 16))
-    got_mean, got = jax.jit(lambda xi: [d.change_posterior(x_t, x0, t, s, v).reshape(-1) for v in (0 * xi, xi)])(xi)
+    at_t, at_s = d.alpha_sigma(t), d.alpha_sigma(s)
+    got_mean, got = jax.jit(lambda xi: [d.change_posterior(x_t, x0, at_t, at_s, v).reshape(-1) for v in (0 * xi, xi)])(
+        xi
+    )
     np.testing.assert_allclose(got_mean, mean, atol=1e-5)
     lam, U = np.linalg.eigh(cov)
     exact = U @ (np.sqrt(np.maximum(lam, 0)) * (U.T @ np.asarray(xi, np.float64).reshape(-1)))
