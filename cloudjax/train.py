@@ -231,11 +231,13 @@ def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    diffusion: GaussianDiffusion,
+    diffusion,
     config: TrainConfig,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """The jitted step ``(state, batch (B, H, W, C), key) → (state, metrics)``; ``state`` is donated.
+
+    ``diffusion`` is any forward process (:class:`cloudjax.process.ForwardProcess`); the step calls its ``loss``.
 
     The batch (already normalised) is split into ``grad_accum`` micro-batches ``batch[i::grad_accum]`` (so each
     stays spread over every device), gradients are averaged over them with ``lax.scan``. With ``mesh`` the
