@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std
 from cloudjax.noise import WhiteNoise
+from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real, wavenumbers
 
 __all__ = ["BlurringDiffusion", "blurring_oracle"]
@@ -51,7 +52,7 @@ class BlurringDiffusion:
       loss_weighting, min_snr_gamma: as for ``GaussianDiffusion`` (x0 prediction).
     """
 
-    kind = "blurring"
+    kind: ClassVar[str] = "blurring"
 
     noise: Any = struct.field(default_factory=WhiteNoise)
     schedule: Any = struct.field(pytree_node=False, default="cosine")
@@ -107,6 +108,37 @@ class BlurringDiffusion:
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
         return jnp.mean(g.time_weight(t) * g.squared_error(apply_fn(x_t, t).astype(jnp.float32) - x0))
+
+    # -- the sampler's interface (cloudjax.process.ForwardProcess; samplers "ddim" and "ddpm") ---------------
+
+    def stages(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> tuple[np.ndarray]:
+        """One stage of ``steps`` uniform steps."""
+        return (time_grid(steps, t_start, t_end),)
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def coefficients(self, ts: jnp.ndarray) -> jnp.ndarray:
+        """The times themselves (the gains depend on the image size, known at the step)."""
+        return jnp.asarray(ts, jnp.float32)
+
+    def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``σ_start ε`` (the signal part A x0 has mean 0 for normalised data and is dropped)."""
+        eps = self.noise.sample(key, shape) if init is None else init
+        if jnp.shape(eps) != tuple(shape):
+            raise ValueError(f"init_noise must have shape {tuple(shape)}, got {jnp.shape(eps)}")
+        return self.alpha_sigma(at_start)[1] * eps
+
+    def predict(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, None]:
+        """The network predicts x0."""
+        return out, None
+
+    def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
+        return jnp.where(self.alpha_sigma(at_end)[1] > 0, x0, x)
+
+    def gaussian_step(self, step, key, eta, stochasticity):
+        """The ``"ddim"``/``"ddpm"`` update per Π mode (:meth:`step`); the author's stochasticity does not apply."""
+        return self.step(step.x, step.x0, step.at_t, step.at_s, key, eta)
 
     def step(self, x_t, x0, t, s, key, eta) -> jnp.ndarray:
         """One DDIM step t → s per Π mode (η = 1: ancestral; ``key`` None: no fresh noise), x0 = x̂0."""

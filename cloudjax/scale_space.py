@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -167,8 +167,10 @@ def _g_sqrt(rho_c2):
 class ScaleSpaceDiffusion:
     """Scale Space Diffusion over any noise model and α/σ schedule; a frozen pytree (``noise`` is its only node).
 
-    The network predicts x0 at the resolution of the step's output, r(s): ``denoise_fn(x_t, t)`` within a level,
-    ``denoise_fn(x_t, t, upsample=True)`` at a change step (input at r(t), output at twice that size).
+    A :class:`~cloudjax.process.ForwardProcess` of kind ``"scale_space"`` (samplers ``"ddpm"``, the anchor's
+    ancestral one, and ``"ddim"``; one stage per level). The network predicts x0 at the resolution of the step's
+    output, r(s): ``denoise_fn(x_t, t)`` within a level, ``denoise_fn(x_t, t, upsample=True)`` at a change step
+    (input at r(t), output at twice that size).
     The loss is the x0 MSE with ``loss_weighting`` (default min(SNR, 5), the anchor's).
 
     Attributes:
@@ -182,6 +184,9 @@ class ScaleSpaceDiffusion:
       loss_weighting, min_snr_gamma: as for ``GaussianDiffusion`` (prediction is always x0).
       lanczos_iterations: Lanczos steps for the bilinear posterior (the anchor uses 40).
     """
+
+    kind: ClassVar[str] = "scale_space"
+    network_upsamples: ClassVar[bool] = True  # at a change step the sampler calls denoise_fn(x, t, upsample=True)
 
     image_size: Any = struct.field(pytree_node=False, default=64)
     levels: int = struct.field(pytree_node=False, default=4)
@@ -333,6 +338,53 @@ class ScaleSpaceDiffusion:
             return fns[0](u)
         step = jnp.clip(jnp.ceil(u * T).astype(jnp.int32) - 1, 0, T - 1)
         return jax.lax.switch(jnp.asarray(branch_of_step, jnp.int32)[step], fns, u)
+
+    # -- the sampler's interface (cloudjax.process.ForwardProcess) ---------------------------------------------
+
+    def stages(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> tuple[np.ndarray, ...]:
+        """:meth:`time_grid` cut into one stage per level, coarsest first; t_start must lie in the last level."""
+        if self.level(t_start) != self.levels - 1:
+            raise ValueError(f"t_start must be above the last resolution change {self.change_times[-1]:.4f}")
+        ts = self.time_grid(steps, t_start, t_end)
+        return tuple(np.split(ts, np.flatnonzero(np.diff(self.level(ts))) + 1))
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        """``(B, h, w, C)`` of stage ``stage`` (level L − 1 − stage)."""
+        return (shape[0], *self.size_at(self.levels - 1 - stage), shape[-1])
+
+    def coefficients(self, ts: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(α, σ) at each time."""
+        return self.alpha_sigma(ts)
+
+    def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``σ_start ε`` at the coarsest resolution, ε = ``init`` or a noise-model draw (the data part α M x0 has
+        mean 0 for normalised data and is dropped, as for GaussianDiffusion)."""
+        coarse = self.state_shape(shape, 0)
+        if init is None:
+            return at_start[1] * self.noise.sample(key, coarse)
+        if jnp.shape(init) != coarse:
+            raise ValueError(f"init_noise must have the coarsest level's shape {coarse}, got {jnp.shape(init)}")
+        return at_start[1] * init
+
+    def predict(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(x̂0, ε̂): the output is x̂0 (at r(s)); ``ε̂ = (x_t − α_t M x̂0) / σ_t`` at r(t)."""
+        alpha, sigma = (v[:, None, None, None] for v in self.alpha_sigma(t))
+        seen = downsample(out, self.resize) if out.shape != x_t.shape else out
+        return out, (x_t - alpha * seen) / sigma
+
+    def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
+        """x̂0 at the last time, or the state itself where σ = 0 there."""
+        return jnp.where(at_end[1] > 0, x0, x)
+
+    def gaussian_step(self, step, key, eta, stochasticity):
+        """The ``"ddpm"``/``"ddim"`` update at a resolution change (the state's shape changes), else None (the
+        Gaussian rule applies within a level). η = 1 (ddpm): a draw from the posterior; otherwise the DDIM-type
+        step (:meth:`change_ddim`); the author's stochasticity does not apply here."""
+        if step.shape == step.x.shape:
+            return None
+        xi = jax.random.normal(key, step.shape, jnp.float32)
+        args = (step.x, step.x0, step.at_t, step.at_s, xi)
+        return jax.lax.cond(eta >= 1.0, lambda a: self.change_posterior(*a), lambda a: self.change_ddim(*a), args)
 
     # -- the reverse process at a resolution change --------------------------------------------------------
 

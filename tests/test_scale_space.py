@@ -189,3 +189,29 @@ def test_loss_takes_one_resolution_per_batch():
         assert len(levels) == 1 and 8 >> int(levels[0]) == size
         assert upsample == bool(d.is_change(lo)) and (not upsample or lo == hi)
     assert {int(s) for s, *_ in seen} == {8, 4, 2}
+
+
+def test_one_level_samples_equal_gaussian_diffusion():
+    """L = 1: cj.sample gives GaussianDiffusion(prediction="x0")'s samples for the same key (ddpm and ddim)."""
+    net = lambda x, t: 0.8 * x / (1.0 + t[:, None, None, None])
+    ss = ScaleSpaceDiffusion(image_size=8, levels=1, schedule="cosine")
+    gd = cj.GaussianDiffusion(schedule="cosine", prediction="x0")
+    for method in ("ddpm", "ddim"):
+        a, b = (cj.sample(net, d, jax.random.key(4), (3, 8, 8, 1), steps=6, method=method) for d in (ss, gd))
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_sampler_runs_one_stage_per_level(method):
+    """Coarsest level first; each change step is one network call with upsample=True; the output is full size."""
+    d = ScaleSpaceDiffusion(image_size=16, levels=3, num_steps=100, noise=cj.PowerLawNoise(1.0, pad=1))
+    calls = []
+
+    def net(x, t, upsample=False):
+        calls.append((x.shape[1], upsample))
+        return jnp.zeros((x.shape[0], x.shape[1] * (1 + upsample), x.shape[2] * (1 + upsample), 1))
+
+    out = cj.sample(net, d, jax.random.key(5), (2, 16, 16, 1), steps=8, method=method)
+    assert out.shape == (2, 16, 16, 1) and np.all(np.isfinite(out))
+    assert (4, True) in calls and (8, True) in calls and calls[-1] == (16, False)
+    assert [size for size, up in calls if up] == [4, 8]
