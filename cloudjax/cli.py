@@ -184,6 +184,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--prediction", choices=("eps", "x0", "v"), default=None, help="network target (default eps)")
     p.add_argument("--loss-weighting", choices=("pixel", "mahalanobis", "min_snr"), default=None, help="loss norm")
+    p.add_argument(
+        "--process",
+        choices=("gaussian", "scale_space", "blurring"),
+        default=None,
+        help="forward process (default gaussian; scale_space: noise + down-sampling on a Flexi-UNet)",
+    )
+    p.add_argument("--levels", type=int, default=None, help="scale_space: resolution levels (default 4)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")

@@ -41,10 +41,13 @@ from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cloudjax import registry
+from cloudjax.blurring import BlurringDiffusion
 from cloudjax.diffusion import GaussianDiffusion
-from cloudjax.models import UNet, init, preset
+from cloudjax.models import FlexiUNet, UNet, flexi_unet, init, preset
 from cloudjax.noise import PowerLawNoise, WhiteNoise
 from cloudjax.samplers import sample
+from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.schedules import CalibratedSchedule, calibrated_schedule, get_schedule
 
 __all__ = [
@@ -82,6 +85,9 @@ class TrainConfig:
     noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
     "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
     :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
+    process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
+    on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
+    x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -111,6 +117,8 @@ class TrainConfig:
     schedule: str = "cosine"
     prediction: str = "eps"
     loss_weighting: str = "pixel"
+    process: str = "gaussian"
+    levels: int | None = None
     checkpoint_every: int = 1000
     keep: int = 3
     sample_every: int = 0
@@ -137,9 +145,31 @@ class TrainConfig:
             raise ValueError("lr and clip_norm must be > 0, final_lr_ratio in [0, 1], ema_decay in [0, 1)")
         if self.warmup_steps < 0 or self.sample_every < 0:
             raise ValueError("warmup_steps and sample_every must be >= 0")
+        registry.check("process", self.process, ("gaussian", "scale_space", "blurring"))
+        if self.levels is not None and self.process != "scale_space":
+            raise ValueError("levels applies to --process scale_space only")
+        if self.process == "scale_space":
+            depth = len(self.unet_config().channel_mults)
+            if not 1 <= self.num_levels <= depth:
+                raise ValueError(
+                    f"levels must be in 1 … {depth} (the {self.model} network's levels), got {self.levels}"
+                )
+            if self.image_size % 2 ** (self.num_levels - 1):
+                raise ValueError(f"levels={self.levels} needs an image size divisible by {2 ** (self.num_levels - 1)}")
         self.unet_config()  # validates model, dtype, dropout and the image size
         if self.image_size % self.unet_config().downsampling:
             raise ValueError(f"image_size must be divisible by {self.unet_config().downsampling} for {self.model}")
+
+    @property
+    def num_levels(self) -> int:
+        """Scale-space levels (default 4)."""
+        return 4 if self.levels is None else self.levels
+
+    def network(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The network: a UNet, or a Flexi-UNet for scale space."""
+        if self.process == "scale_space":
+            return FlexiUNet(self.unet_config(), self.image_size, rngs=rngs)
+        return UNet(self.unet_config(), rngs=rngs)
 
     def unet_config(self):
         overrides = dict(channels=self.channels, dtype=self.dtype)
@@ -196,7 +226,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def _graphdef(config: TrainConfig) -> nnx.GraphDef:
-    return nnx.graphdef(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    return nnx.graphdef(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
 
 
 def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
@@ -212,7 +242,10 @@ def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
 def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
     init_key, rng = jax.random.split(jax.random.key(config.seed))
-    graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
+    if config.process == "scale_space":
+        graphdef, params = flexi_unet.init(config.unet_config(), config.image_size, init_key, out_shardings=sharding)
+    else:
+        graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
     return graphdef, _new_state_jit(sharding)(config, params, jax.random.key_data(rng))
 
 
@@ -223,7 +256,7 @@ def _new_state_jit(sharding: NamedSharding | None) -> Callable:
 
 def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
     """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
-    params = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    params = nnx.state(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
     rng = jax.random.key_data(jax.random.key(0))
     shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
@@ -249,7 +282,7 @@ def make_train_step(
     def loss_fn(params, micro, key):
         loss_key, dropout_key = jax.random.split(key)
         model = nnx.merge(graphdef, params)
-        apply_fn = lambda x_t, t: model(x_t, t, dropout_key=dropout_key)
+        apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
         return diffusion.loss(apply_fn, loss_key, micro)
 
     def step(state: TrainState, batch: jax.Array, key: jax.Array):
@@ -299,11 +332,16 @@ class Run:
         return PowerLawNoise(self.delta, channel_cov=self.channel_cov) if self.config.noise == "cloud" else WhiteNoise()
 
     @property
-    def diffusion(self) -> GaussianDiffusion:
+    def diffusion(self):
         c = self.config
         schedule = (
             CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
         )
+        loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the anchor's loss
+        if c.process == "scale_space":
+            return ScaleSpaceDiffusion(c.image_size, c.num_levels, self.noise, schedule, loss_weighting=loss)
+        if c.process == "blurring":
+            return BlurringDiffusion(self.noise, schedule, loss_weighting=loss)
         return GaussianDiffusion(self.noise, schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
@@ -390,7 +428,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[Run, nnx.Gra
 @functools.lru_cache
 def _denoiser(graphdef: nnx.GraphDef) -> Callable:
     """One function object per network, so the sampler compiles once per (network, shape, steps, method)."""
-    return lambda params, x, t: nnx.merge(graphdef, params)(x, t)
+    return lambda params, x, t, **kw: nnx.merge(graphdef, params)(x, t, **kw)
 
 
 def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps: int = 50, method: str = "ddim", **kw):

@@ -98,11 +98,11 @@ class FlexiUNet(UNet):
         return self.out_conv(nnx.silu(self.out_norm(h))).astype(jnp.float32)
 
 
-def init(config: UNetConfig, image_size: int, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
+def init(config: UNetConfig, image_size: int, key: jax.Array, out_shardings=None) -> tuple[nnx.GraphDef, nnx.State]:
     """``(graphdef, state)`` of a new Flexi-UNet, initialised in one jitted computation (eager NNX
-    construction runs each initialiser op by op)."""
+    construction runs each initialiser op by op); ``out_shardings`` places the state."""
     build = lambda k: FlexiUNet(config, image_size, rngs=nnx.Rngs(k))
-    compiled = jax.jit(lambda k: nnx.state(build(k))).lower(jax.eval_shape(lambda: key))
+    compiled = jax.jit(lambda k: nnx.state(build(k)), out_shardings=out_shardings).lower(jax.eval_shape(lambda: key))
     # run once: optimising its hundreds of PRNG ops would cost more than it saves (as cloudjax.models.init)
     state = compiled.compile(compiler_options={"xla_backend_optimization_level": 0})(key)
     return nnx.graphdef(nnx.eval_shape(lambda: build(0))), state
