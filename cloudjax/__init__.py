@@ -2,6 +2,8 @@
 
 from cloudjax import registry
 from cloudjax.blurring import BlurringDiffusion, blurring_oracle
+from cloudjax.cold import ColdDiffusion, MeanPrior
+from cloudjax.degradations import Decolorize, Downsample, GaussianBlur, GaussianMask
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
 from cloudjax.models import UNet, UNetConfig

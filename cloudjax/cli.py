@@ -7,6 +7,7 @@ Each subcommand is a ``_cmd_<name>(args)`` function registered in :func:`build_p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -200,6 +201,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's index")
 
 
+def _compile_cache(off: bool) -> None:
+    """JAX's persistent compilation cache (:mod:`cloudjax.compile_cache`); ``off`` also for what this process starts."""
+    from cloudjax.compile_cache import ENV_VAR, enable_compile_cache
+
+    if off:
+        os.environ[ENV_VAR] = "off"
+    enable_compile_cache()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cloudjax", description="Diffusion with scale-invariant (cloud) noise.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -230,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values():
+        p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     return parser
 
 
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _compile_cache(args.no_compile_cache)
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
