@@ -41,6 +41,7 @@ LOSSES = {
     "gaussian": (*LOSS_ALIASES, *(n if w == "none" else f"{n}+{w}" for n in NORMS[:2] for w in TIME_WEIGHTINGS)),
     "cold": ("l1", "l2"),
 }
+LOSSES["scale_space"] = LOSSES["blurring"] = LOSSES["gaussian"]  # x0 regression, Gaussian norms and weights
 PROCESSES = ("gaussian", "cold", "scale_space", "blurring")
 # sampler name → the process kinds (``process.kind``) it drives
 SAMPLERS = {

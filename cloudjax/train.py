@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from cloudjax import registry
 from cloudjax.blurring import BlurringDiffusion
+from cloudjax.cold import ColdDiffusion, MeanPrior
 from cloudjax.compile_cache import enable_compile_cache
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.models import FlexiUNet, UNet, flexi_unet, init, preset
@@ -65,6 +66,8 @@ __all__ = [
     "check_workdir",
     "load_run",
     "generate",
+    "restore",
+    "RESTORATIONS",
     "initialize_distributed",
 ]
 
@@ -85,7 +88,15 @@ class TrainConfig:
     weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
     noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
     "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
-    :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
+    :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`
+    (None: "eps" and "pixel"; for cold, "x0" and "l1").
+    process: "gaussian" (noise, schedule, …) or "cold" (:class:`cloudjax.ColdDiffusion` over ``degradation``:
+    "blur", "mask", "downsample" or "decolor", with T = ``degradation_steps``). Cold settings left None take the
+    anchor's MNIST/CIFAR values scaled to ``image_size`` (:func:`_cold_defaults`): blur T = 20 steps of a
+    constant σ = 7·S/28 px Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` / ``blur_padding`` as given; mask
+    T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32; downsample T = log2(S/4); decolor T = 20.
+    generation: blur only; the last step goes to the per-channel mean and a ``gmm_components`` Gaussian mixture
+    of the data's means is stored for sampling new images.
     process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
     on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
     x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
@@ -116,9 +127,19 @@ class TrainConfig:
     noise: str = "white"
     delta: float | None = None
     schedule: str = "cosine"
-    prediction: str = "eps"
-    loss_weighting: str = "pixel"
+    prediction: str | None = None
+    loss_weighting: str | None = None
     process: str = "gaussian"
+    degradation: str = "blur"
+    degradation_steps: int | None = None
+    blur_routine: str = "constant"
+    blur_std: float | None = None
+    blur_kernel: int | None = None
+    blur_padding: str = "circular"
+    mask_std: float | None = None
+    mask_initial: float = 11.0
+    generation: bool = False
+    gmm_components: int = 1
     levels: int | None = None
     checkpoint_every: int = 1000
     keep: int = 3
@@ -134,19 +155,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
-        if self.noise not in ("white", "cloud"):
-            raise ValueError(f"noise must be 'white' or 'cloud', got {self.noise!r}")
+        registry.check("noise", self.noise, registry.NOISES)
         if self.delta is not None and not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
-        if self.schedule not in ("cosine", "offset_cosine", "linear", "calibrated"):
-            raise ValueError(f"schedule must be cosine, offset_cosine, linear or calibrated, got {self.schedule!r}")
+        registry.check("schedule", self.schedule, registry.SCHEDULES)
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
         if not (self.lr > 0 and 0 <= self.final_lr_ratio <= 1 and 0 <= self.ema_decay < 1 and self.clip_norm > 0):
             raise ValueError("lr and clip_norm must be > 0, final_lr_ratio in [0, 1], ema_decay in [0, 1)")
         if self.warmup_steps < 0 or self.sample_every < 0:
             raise ValueError("warmup_steps and sample_every must be >= 0")
-        registry.check("process", self.process, ("gaussian", "scale_space", "blurring"))
+        self._check_process()
         if self.levels is not None and self.process != "scale_space":
             raise ValueError("levels applies to --process scale_space only")
         if self.process == "scale_space":
@@ -172,11 +191,71 @@ class TrainConfig:
             return FlexiUNet(self.unet_config(), self.image_size, rngs=rngs)
         return UNet(self.unet_config(), rngs=rngs)
 
+    def _check_process(self) -> None:
+        """Check the process's names and fill its None settings with their defaults (stored in run.json)."""
+        registry.check("process", self.process, registry.PROCESSES)
+        cold = self.process == "cold"
+        defaults = dict(prediction="x0" if cold else "eps", loss_weighting="l1" if cold else "pixel")
+        if cold:
+            registry.check("degradation", self.degradation, registry.DEGRADATIONS)
+            registry.check("blur_routine", self.blur_routine, registry.BLUR_ROUTINES)
+            defaults.update(_cold_defaults(self.degradation, self.image_size))
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        registry.check("prediction", self.prediction, ("x0",) if cold else registry.PREDICTIONS)
+        registry.check("loss_weighting", self.loss_weighting, registry.LOSSES[self.process])
+        if self.gmm_components < 1:
+            raise ValueError(f"gmm_components must be >= 1, got {self.gmm_components}")
+        if cold and self.generation and self.degradation != "blur":
+            raise ValueError(f"generation needs degradation 'blur' (to the mean), got {self.degradation!r}")
+        if cold and self.degradation == "decolor" and self.channels == 1:
+            raise ValueError("degradation 'decolor' needs channels=3 (grey images have no colour to fade)")
+        if cold and self.sample_every and not self.generation:
+            raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
+        if cold:
+            self.cold_diffusion()  # validates the degradation's settings against the image size
+
+    def cold_diffusion(self, mean_prior=None):
+        """The :class:`~cloudjax.ColdDiffusion` of a cold config (``mean_prior`` for generation)."""
+        from cloudjax import degradations
+
+        T, size = self.degradation_steps, self.image_size
+        if self.degradation == "blur":
+            D = degradations.GaussianBlur.from_routine(
+                self.blur_routine, T, self.blur_std, self.blur_kernel, self.blur_padding, final_mean=self.generation
+            )
+            if self.blur_kernel > size:
+                raise ValueError(f"blur_kernel {self.blur_kernel} is larger than the image ({size} px)")
+        elif self.degradation == "mask":
+            D = degradations.GaussianMask.linear(T, self.mask_std, self.mask_initial)
+        elif self.degradation == "downsample":
+            D = degradations.Downsample(T)
+            if size % 2**T:
+                raise ValueError(f"degradation_steps {T} halves {size} px below one pixel or unevenly")
+        else:
+            D = degradations.Decolorize(T)
+        return ColdDiffusion(D, T, self.loss_weighting, mean_prior)
+
     def unet_config(self):
         overrides = dict(channels=self.channels, dtype=self.dtype)
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
         return preset(self.model, **overrides)
+
+
+def _cold_defaults(degradation: str, size: int) -> dict:
+    """The anchor's MNIST/CIFAR settings (28–32 px) scaled to ``size`` px images."""
+    if degradation == "blur":
+        kernel = max(3, int(11 * size / 28) - (int(11 * size / 28) + 1) % 2)  # odd, ≈ 11 at 28 px
+        return dict(
+            degradation_steps=20, blur_std=round(7 * size / 28, 3), blur_kernel=min(kernel, size - 1 + size % 2)
+        )
+    if degradation == "mask":
+        return dict(degradation_steps=50, mask_std=round(0.1 * size / 32, 4))
+    if degradation == "downsample":
+        return dict(degradation_steps=max(1, int(math.log2(size / 4))))
+    return dict(degradation_steps=20)
 
 
 @struct.dataclass
@@ -338,6 +417,7 @@ class Run:
     delta: float | None = None
     channel_cov: tuple[tuple[float, ...], ...] | None = None
     snr_ratio: float | None = None
+    mean_prior: MeanPrior | None = None  # cold generation: the mixture of the data's per-channel means
 
     @property
     def noise(self):
@@ -345,7 +425,10 @@ class Run:
 
     @property
     def diffusion(self):
+        """The run's forward process: GaussianDiffusion, ColdDiffusion, ScaleSpaceDiffusion or BlurringDiffusion."""
         c = self.config
+        if c.process == "cold":
+            return c.cold_diffusion(self.mean_prior)
         schedule = (
             CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
         )
@@ -372,6 +455,9 @@ class Run:
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         if d["channel_cov"] is not None:
             d["channel_cov"] = tuple(tuple(row) for row in d["channel_cov"])
+        if d.get("mean_prior") is not None:
+            tuples = lambda v: tuple(map(tuples, v)) if isinstance(v, list) else v
+            d["mean_prior"] = MeanPrior(**{k: tuples(v) for k, v in d["mean_prior"].items()})
         return cls(**d)
 
 
@@ -406,6 +492,11 @@ def _measure(config: TrainConfig, source) -> Run:
         data_variance = dataset_stats([z], window=None).fourier_variance
         noise_variance = run.noise.fourier_variance(config.image_size, config.image_size)
         run = dataclasses.replace(run, snr_ratio=calibrated_schedule(data_variance, noise_variance).snr_ratio)
+    if config.process == "cold" and config.generation:
+        # the anchor's 0.002 "broken symmetry" noise on [−1, 1] images, in normalised units (data are in [0, 1])
+        noise = 0.001 / float(np.mean(std))
+        prior = MeanPrior.fit(z, config.gmm_components, noise=noise, seed=config.seed)
+        run = dataclasses.replace(run, mean_prior=prior)
     return run
 
 
@@ -443,14 +534,42 @@ def _denoiser(graphdef: nnx.GraphDef) -> Callable:
     return lambda params, x, t, **kw: nnx.merge(graphdef, params)(x, t, **kw)
 
 
-def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps: int = 50, method: str = "ddim", **kw):
-    """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA)."""
+def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, method=None, init_noise=None, **kw):
+    """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA).
+
+    ``steps`` None: 50 for Gaussian runs, T for cold ones; ``method`` None: "ddim" or "cold". ``init_noise``:
+    see :func:`cloudjax.sample` (cold restoration: the degraded images, normalised).
+    """
     c = run.config
+    process = run.diffusion
+    if steps is None:
+        steps = process.steps if c.process == "cold" else 50
+    method = method or registry.samplers_for(process.kind)[0]
+    kw["init_noise"] = init_noise
     shape = (num, c.image_size, c.image_size, c.channels)
     x = sample(
-        jax.tree_util.Partial(_denoiser(graphdef), params), run.diffusion, key, shape, steps=steps, method=method, **kw
+        jax.tree_util.Partial(_denoiser(graphdef), params), process, key, shape, steps=steps, method=method, **kw
     )
     return np.asarray(run.denormalize(x))
+
+
+RESTORATIONS = ("degraded", "direct", "cold_naive", "cold", "original")
+
+
+def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndarray]:
+    """A cold run's restorations of ``images`` ``(N, H, W, C)`` (data units): ``{name: (N, H, W, C)}`` for the
+    names in :data:`RESTORATIONS`: D(x, T), the direct reconstruction, Algorithm 1, Algorithm 2 (``steps``
+    each, None: T), the originals. Deterministic: no key is used."""
+    if run.config.process != "cold":
+        raise ValueError(f"restore needs a cold run, this one is {run.config.process!r}")
+    x = np.asarray(images, np.float32)
+    z = jnp.asarray(run.normalize(x), jnp.float32)
+    process = run.diffusion
+    degraded = process.degrade(z, jnp.full(z.shape[:1], process.steps))
+    out = {"degraded": np.asarray(run.denormalize(degraded))}
+    for method in ("direct", "cold_naive", "cold"):
+        out[method] = generate(run, graphdef, params, jax.random.key(0), len(x), steps, method, init_noise=degraded)
+    return {**out, "original": x}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -662,7 +781,7 @@ def train(
     return {**summary, "loss": last_loss, "delta": run.delta}
 
 
-def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps: int = 50) -> None:
+def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps=None) -> None:
     """EMA samples (every process computes; ``write`` on one) as a PNG grid: the run's progress at a glance."""
     from cloudjax.plots import save_image_grid
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cloudjax.models.unet import UNet, UNetConfig, timestep_embedding
+from cloudjax.models.unet import UNet, UNetConfig, _upsample2, timestep_embedding
 
 __all__ = ["FlexiUNet", "init", "flops_per_level", "parameter_count"]
 
@@ -92,8 +92,7 @@ class FlexiUNet(UNet):
                 skip = skips.pop() if level >= entry else jnp.zeros((*h.shape[:3], zero_skips.pop()), h.dtype)
                 h = self.up[j].block(i, jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), emb, key())
             if level > exit_:
-                B, H, W, C = h.shape
-                h = self.upsamplers[j](jax.image.resize(h, (B, 2 * H, 2 * W, C), "nearest"))
+                h = self.upsamplers[j](_upsample2(h))
         h = self.adapt_out[exit_](h)
         return self.out_conv(nnx.silu(self.out_norm(h))).astype(jnp.float32)
 
