@@ -257,6 +257,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="cold blur: last step to the per-channel mean, fit a Gaussian mixture to the means to generate",
     )
     p.add_argument("--gmm-components", type=int, default=None, help="generation: mixture components (default 1)")
+    p.add_argument("--levels", type=int, default=None, help="scale_space: resolution levels (default 4)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")
