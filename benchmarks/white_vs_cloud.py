@@ -28,11 +28,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import cloudjax as cj
@@ -177,6 +180,53 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
+def summary(rows: list[dict]) -> dict:
+    """Per dataset and metric: white's best over every sampler and NFE, and for each other variant the smallest NFE
+    (any sampler) at which it is at least as good. ``closest``: the variant that matches at the smallest NFE, or,
+    when none matches, the one whose best comes nearest; ``ratio``: white's NFE / the NFE ``closest`` needs."""
+    out: dict = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        white = [r for r in mine if r["variant"] == "white"]
+        if not white:
+            continue
+        names = [m for m in white[0]["metrics"] if not m.startswith("sample_")]
+        for metric in names:
+            bad = lambda r: badness(metric, r["metrics"][metric])  # noqa: B023
+            best_white = min(white, key=lambda r: (bad(r), r["nfe"]))
+            target = bad(best_white)
+            variants = {}
+            for name in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "white"):
+                own = [r for r in mine if r["variant"] == name]
+                best = min(own, key=lambda r: (bad(r), r["nfe"]))
+                match = min((r for r in own if bad(r) <= target), key=lambda r: r["nfe"], default=None)
+                variants[name] = {
+                    "nfe_to_match": match and match["nfe"],
+                    "sampler": match and match["sampler"],
+                    "best": best["metrics"][metric],
+                    "best_nfe": best["nfe"],
+                    "best_sampler": best["sampler"],
+                }
+            if not variants:
+                continue
+            closest = min(
+                variants,
+                key=lambda v: (
+                    variants[v]["nfe_to_match"] is None,
+                    variants[v]["nfe_to_match"] or 0,
+                    badness(metric, variants[v]["best"]),
+                ),
+            )
+            need = variants[closest]["nfe_to_match"]
+            out.setdefault(dataset, {})[metric] = {
+                "white": {k: best_white[k] for k in ("nfe", "sampler")} | {"value": best_white["metrics"][metric]},
+                "variants": variants,
+                "closest": closest,
+                "ratio": None if need is None else best_white["nfe"] / need,
+            }
+    return out
+
+
 # --- sampling -----------------------------------------------------------------------------------------------------
 
 
@@ -285,37 +335,87 @@ def oracle_model(variant: Variant, data: Dataset) -> Model:
     return model
 
 
+def save_ema(path: Path, ema, step: int) -> None:
+    """The EMA parameters rounded to bfloat16 (stored as their uint16 bit patterns, no pickle) and the step."""
+    leaves = jax.tree_util.tree_flatten_with_path(ema)[0]
+    arrays = {jax.tree_util.keystr(k): np.asarray(v, jnp.bfloat16).view(np.uint16) for k, v in leaves}
+    np.savez(path, __step__=step, **arrays)
+
+
+def load_ema(path: Path, config) -> tuple:
+    """``(graphdef, params, step)``: the UNet of ``config`` with the float32 parameters saved by :func:`save_ema`."""
+    from flax import nnx
+
+    from cloudjax.models import UNet
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    with np.load(path) as stored:
+        names = [jax.tree_util.keystr(k) for k, _ in paths]
+        if set(names) != set(stored.files) - {"__step__"}:
+            raise ValueError(f"{path} does not hold the parameters of the {config.model} UNet")
+        leaves = [jnp.asarray(stored[n].view(jnp.bfloat16), jnp.float32) for n in names]
+        step = int(stored["__step__"])
+    return graphdef, jax.tree.unflatten(treedef, leaves), step
+
+
+def as_bf16(params):
+    """``params`` rounded to bfloat16 and back: what a saved EMA holds, so fresh and reloaded runs sample alike."""
+    return jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
+
+
 def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) -> Model:
-    """The EMA UNet of variant ``name``: reused from ``--workdir-white/--workdir-cloud``, or trained with
-    :func:`cloudjax.train.train` in ``--workdir`` (which resumes, so a finished run is simply loaded)."""
+    """The EMA UNet of variant ``name``, with its weights rounded to bfloat16.
+
+    Reused from ``--workdir-white/--workdir-cloud`` (any cloudjax run), or from ``--workdir``: there a run that
+    reached ``--train-steps`` is loaded from its ``ema_bf16.npz`` (no checkpoint needed: a few hundred kB for
+    ``tiny``), anything else is trained or resumed with :func:`cloudjax.train.train` and the EMA saved.
+    """
     from cloudjax.data.sources import ArraySource
-    from cloudjax.train import TrainConfig, generate, load_run, train
+    from cloudjax.train import TrainConfig, check_workdir, generate, load_run, train
+
+    def sample(run, graphdef, params) -> Model:
+        # the loss weighting plays no part in sampling: one value lets the variants that differ only in it
+        # share their compiled samplers (one compile per sampler and NFE each costs seconds)
+        run = dataclasses.replace(run, config=dataclasses.replace(run.config, loss_weighting="pixel"))
+        return lambda key, num, steps, method, t_start: generate(
+            run, graphdef, params, key, num, steps=steps, method=method, t_start=t_start
+        )
 
     workdir = {"white": args.workdir_white, "cloud": args.workdir_cloud}.get(name)
-    if workdir is None:
-        variant = VARIANTS[name]
-        workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
-        config = TrainConfig(
-            data=spec,
-            data_dir=args.data_dir,
-            image_size=args.image_size,
-            channels=1,
-            model=args.model,
-            batch_size=args.train_batch,
-            steps=args.train_steps,
-            warmup_steps=min(500, args.train_steps // 10),
-            checkpoint_every=min(args.train_steps, 5000),
-            noise=variant.noise,
-            delta=variant.delta,
-            schedule=variant.schedule,
-            loss_weighting=variant.loss_weighting,
-            seed=args.seed,
-        )
-        train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
-    run, graphdef, state = load_run(workdir)
-    return lambda key, num, steps, method, t_start: generate(
-        run, graphdef, state.ema, key, num, steps=steps, method=method, t_start=t_start
+    if workdir is not None:
+        run, graphdef, state = load_run(workdir)
+        return sample(run, graphdef, as_bf16(state.ema))
+    variant = VARIANTS[name]
+    workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
+    config = TrainConfig(
+        data=spec,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        channels=1,
+        model=args.model,
+        dtype=args.dtype,
+        batch_size=args.train_batch,
+        steps=args.train_steps,
+        warmup_steps=min(500, args.train_steps // 10),
+        checkpoint_every=min(args.train_steps, 5000),
+        ema_decay=args.ema_decay,
+        noise=variant.noise,
+        delta=variant.delta,
+        schedule=variant.schedule,
+        loss_weighting=variant.loss_weighting,
+        seed=args.seed,
     )
+    ema_file = workdir / "ema_bf16.npz"
+    run = check_workdir(config, workdir)  # refuses a folder that holds a different run
+    if run is not None and ema_file.is_file():
+        graphdef, params, step = load_ema(ema_file, config)
+        if step == args.train_steps:
+            return sample(run, graphdef, params)
+    train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
+    run, graphdef, state = load_run(workdir)
+    save_ema(ema_file, state.ema, int(state.step))
+    return sample(run, graphdef, as_bf16(state.ema))
 
 
 def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
@@ -344,6 +444,7 @@ TINY = dict(
     model="tiny",
     train_steps=10,
     train_batch=8,
+    ema_decay=0.9,
     swd_patches=1024,
     classifier_steps=30,
 )
@@ -365,6 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="small", help="UNet preset")
     p.add_argument("--train-steps", type=int, default=50_000)
     p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="UNet compute dtype")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (short runs: 0.995)")
     p.add_argument("--workdir", default="benchmarks/results/white_vs_cloud_runs", help="training runs go here")
     p.add_argument("--workdir-white", default=None, help="reuse this trained white run (one dataset only)")
     p.add_argument("--workdir-cloud", default=None, help="reuse this trained run for the 'cloud' variant")
@@ -385,64 +488,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_dataset(spec: str, args: argparse.Namespace) -> tuple[Dataset, dict, list[dict], dict]:
-    """Train (or load) every variant's model on one dataset and score all samplers and NFEs."""
-    num = args.num_samples
-    data = load_dataset(spec, args.image_size, num, args.max_train, args.data_dir, args.seed)
+def device_name() -> str:
+    """The accelerator's kind, or the CPU's model name and core count: what the timings ran on."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return device.device_kind
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+@dataclasses.dataclass
+class Study:
+    """One dataset ready to sample: its data, classifier (or None), real-data floor and a model per variant."""
+
+    data: Dataset
+    classifier: metrics.Classifier | None
+    floor: dict[str, float]
+    models: dict[str, Model]
+    sheets: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def prepare(spec: str, args: argparse.Namespace) -> Study:
+    """Load one dataset, score the real-data floor and train (or load) every variant's model."""
+    data = load_dataset(spec, args.image_size, args.num_samples, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    key = jax.random.key(args.seed)
-    floor = score(data.ref, data.ref2, key, classifier, args.swd_patches)
-    device = jax.devices()[0].device_kind
-    batch = min(args.sample_batch, num)
-    sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
+    floor = score(data.ref, data.ref2, jax.random.key(args.seed), classifier, args.swd_patches)
     models: dict[str, Model] = {}
-    rows, sheets = [], {}
     for name in args.variants:
-        variant = VARIANTS[name]
-        owner = variant.model_of or name
+        owner = VARIANTS[name].model_of or name
         if owner not in models:
             models[owner] = (
                 oracle_model(VARIANTS[owner], data)
                 if args.denoiser == "oracle"
                 else unet_model(owner, spec, data, args)
             )
-        for sampler in args.samplers:
-            for nfe in sorted(args.nfe):
-                samples, seconds = draw(models[owner], sampler, nfe, variant.t_start, batch, num, args.seed)
-                row = dict(
-                    dataset=data.name,
-                    noise=variant.noise,
-                    variant=name,
-                    sampler=sampler,
-                    nfe=nfe,
-                    metrics=score(data.ref, samples, key, classifier, args.swd_patches),
-                    seconds_per_image=seconds,
-                    device=device,
-                )
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                if sampler == args.samplers[0] and nfe in sheet_nfes:
-                    sheets[(name, nfe)] = samples[:16]
-    return data, floor, rows, sheets
+    return Study(data, classifier, floor, models)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Every model of every dataset first, then sampler by sampler (in ``--samplers`` order), dataset, variant and
+    NFE; each row is saved as it comes (a run cut short keeps what it measured), the plots after each sampler."""
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, floors, datasets = [], {}, {}
-    for spec in args.datasets:
-        data, floor, data_rows, sheets = run_dataset(spec, args)
-        floors[data.name] = floor
-        datasets[data.name] = {"spec": spec, "train_images": len(data.train), "held_out": 2 * len(data.ref)}
-        datasets[data.name]["delta_fit"] = data.delta
-        rows += data_rows
-        plot_metrics(data_rows, floor, out / f"white_vs_cloud_{data.name}_metrics.png")
-        plot_samples(data.ref, sheets, out / f"white_vs_cloud_{data.name}_samples.png")
-    config = {k: v for k, v in vars(args).items()}
-    config.update(device=jax.devices()[0].device_kind, jax=jax.__version__)
-    result = {"config": config, "datasets": datasets, "floor": floors, "rows": rows, "headline": headline(rows)}
-    (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+    config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
+    result = {"config": config, "datasets": {}, "floor": {}, "rows": [], "headline": {}, "summary": {}}
+
+    def save() -> None:
+        result.update(headline=headline(result["rows"]), summary=summary(result["rows"]))
+        result["config"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews timings
+        (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+
+    studies = [prepare(spec, args) for spec in args.datasets]
+    for spec, study in zip(args.datasets, studies, strict=True):
+        data = study.data
+        result["floor"][data.name] = study.floor
+        result["datasets"][data.name] = dict(
+            spec=spec, train_images=len(data.train), held_out=2 * len(data.ref), delta_fit=data.delta
+        )
+    save()
+    key, batch = jax.random.key(args.seed), min(args.sample_batch, args.num_samples)
+    sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
+    for sampler in args.samplers:
+        for study in studies:
+            data = study.data
+            for name in args.variants:
+                variant = VARIANTS[name]
+                model = study.models[variant.model_of or name]
+                for nfe in sorted(args.nfe):
+                    samples, seconds = draw(model, sampler, nfe, variant.t_start, batch, args.num_samples, args.seed)
+                    row = dict(
+                        dataset=data.name,
+                        noise=variant.noise,
+                        variant=name,
+                        sampler=sampler,
+                        nfe=nfe,
+                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches),
+                        seconds_per_image=seconds,
+                        device=config["device"],
+                    )
+                    print(json.dumps(row), flush=True)
+                    result["rows"].append(row)
+                    save()
+                    if sampler == args.samplers[0] and nfe in sheet_nfes:
+                        study.sheets[(name, nfe)] = samples[:16]
+            rows = [r for r in result["rows"] if r["dataset"] == data.name]
+            plot_metrics(rows, study.floor, out / f"white_vs_cloud_{data.name}_metrics.png")
+            plot_samples(data.ref, study.sheets, out / f"white_vs_cloud_{data.name}_samples.png")
     return result
 
 

@@ -2,9 +2,11 @@
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,16 +78,49 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     assert list(out.glob("classifier_*.npz")), "the feature classifier is saved for reuse"
 
 
-def test_tiny_unet_run_trains_through_cloudjax_train(wvc, tmp_path):
-    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss, calibrated schedule) from cloudjax.train."""
+def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
+    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss, calibrated schedule) from cloudjax.train; its
+    EMA is kept in bfloat16, and a second run samples from it alone (checkpoints deleted), identically."""
     out, runs = tmp_path / "out", tmp_path / "runs"
     args = ["--tiny", "--variants", "cloud-calibrated", "--nfe", "3", "--out", str(out), "--workdir", str(runs)]
     rows = wvc.main(args)["rows"]
     _check_rows(rows, ["cloud-calibrated"], wvc.TINY["samplers"], [3])
-    run = json.loads(next(runs.glob("*_cloud-calibrated/run.json")).read_text())
+    folder = next(runs.glob("*_cloud-calibrated"))
+    run = json.loads((folder / "run.json").read_text())
     config = run["config"]
     assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
     assert config["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
+    assert config["ema_decay"] == wvc.TINY["ema_decay"]
+    with np.load(folder / "ema_bf16.npz") as ema:
+        assert int(ema["__step__"]) == wvc.TINY["train_steps"]
+        assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
+    shutil.rmtree(folder / "checkpoints")
+    again = wvc.main(args)["rows"]
+    assert not (folder / "checkpoints").exists(), "reloading the EMA must not train again"
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+
+
+def test_bf16_ema_round_trips_the_unet_parameters(wvc, tmp_path):
+    from flax import nnx
+
+    from cloudjax.models import UNet
+    from cloudjax.train import TrainConfig
+
+    config = TrainConfig(model="tiny", image_size=8)
+    params = nnx.state(UNet(config.unet_config(), rngs=nnx.Rngs(1)))
+    wvc.save_ema(tmp_path / "ema.npz", params, 7)
+    _, loaded, step = wvc.load_ema(tmp_path / "ema.npz", config)
+    assert step == 7
+    for a, b in zip(jax.tree.leaves(wvc.as_bf16(params)), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # rounding to bfloat16 keeps 8 significant bits, not more
+    errors = [
+        np.max(np.abs(np.asarray(a) - np.asarray(b)) / (np.abs(np.asarray(a)) + 1e-30))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True)
+    ]
+    assert 0 < max(errors) <= 2**-8
+    with pytest.raises(ValueError, match="tiny"):
+        wvc.load_ema(tmp_path / "ema.npz", TrainConfig(model="tiny", image_size=8, channels=3))
 
 
 def test_headline_finds_the_first_nfe_that_matches_white(wvc):
@@ -101,6 +136,22 @@ def test_headline_finds_the_first_nfe_that_matches_white(wvc):
     assert entry["high_frequency_accuracy"]["nfe_to_match"] == 10
     worse = wvc.headline(rows[:2] + [row("cloud", 10, 0.9, 0.99)])["d"]["cloud"]["ddim"]
     assert worse["swd_mean"]["nfe_to_match"] is None
+
+
+def test_summary_takes_whites_best_over_samplers_and_the_variant_that_matches_soonest(wvc):
+    def row(variant, sampler, nfe, swd):
+        return dict(dataset="d", variant=variant, sampler=sampler, nfe=nfe, metrics={"swd_mean": swd})
+
+    rows = [row("white", "ddim", 50, 0.3), row("white", "dpm++2m", 50, 0.2), row("white", "dpm++2m", 250, 0.25)]
+    rows += [row("a", "ddim", 10, 0.19), row("a", "dpm++2m", 5, 0.4), row("b", "dpm++2m", 5, 0.2)]
+    rows += [row("c", "ddim", 100, 0.21)]
+    entry = wvc.summary(rows)["d"]["swd_mean"]
+    assert entry["white"] == {"nfe": 50, "sampler": "dpm++2m", "value": 0.2}
+    assert entry["variants"]["a"]["nfe_to_match"] == 10 and entry["variants"]["a"]["sampler"] == "ddim"
+    assert entry["variants"]["c"]["nfe_to_match"] is None and entry["variants"]["c"]["best"] == 0.21
+    assert entry["closest"] == "b" and entry["ratio"] == 10  # b matches white's best (a tie counts) at NFE 5
+    lost = wvc.summary(rows[:3] + rows[-1:])["d"]["swd_mean"]
+    assert lost["closest"] == "c" and lost["ratio"] is None
 
 
 def test_nfe_below_two_is_refused(wvc):
