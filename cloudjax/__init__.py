@@ -1,5 +1,6 @@
 """cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
 
+from cloudjax.degradations import Decolorize, Downsample, GaussianBlur, GaussianMask
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
 from cloudjax.models import UNet, UNetConfig
