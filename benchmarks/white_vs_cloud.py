@@ -1,11 +1,17 @@
 """White vs cloud noise: sample quality against network evaluations (NFE), per sampler and metric.
 
 For each dataset, a white-noise model and cloud-noise variants with the same UNet, training budget and seed
-are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every NFE and sampler,
-``--num-samples`` images are drawn from the same starting keys and scored against held-out data with every
-metric of :mod:`cloudjax.metrics`, plus seconds per image. Writes ``white_vs_cloud.json``
-(``{"config", "datasets", "floor", "rows", "headline"}``), one metrics-vs-NFE plot and one sample sheet per dataset,
-and prints one JSON object per row.
+are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every sampler, NFE and variant,
+``--num-samples`` images are drawn from the same starting keys, clipped to the data range [0, 1] (the fraction
+clipped is ``sample_clipped``) and scored against held-out data with every metric of :mod:`cloudjax.metrics`,
+plus seconds per image. Every model is trained first, then the samplers run in ``--samplers`` order; each row is
+saved as it comes, so a run cut short keeps what it measured. Writes ``white_vs_cloud.json``
+(``{"config", "datasets", "floor", "rows", "headline", "summary"}``), one metrics-vs-NFE plot and one sample sheet
+per dataset, and prints one JSON object per row. ``config.device`` names the accelerator, or the CPU model.
+
+Each trained run keeps its EMA weights in bfloat16 (``<workdir>/<data>_<size>_<variant>/ema_bf16.npz`` beside
+``run.json``, a few hundred kB for ``tiny``); every model samples from these rounded weights, and a later run
+with the same settings loads them instead of training (no checkpoint needed), so sampling can be re-run alone.
 
 Cloud variants: ``cloud`` (Δ fitted to the data, the author's Mahalanobis loss, the white model's cosine
 schedule), ``cloud-pixel-loss``, ``cloud-calibrated`` (the schedule shifted so the cloud noise has the white
@@ -15,11 +21,12 @@ the networks by the exact denoiser for Gaussian data with the data's Π variance
 and the sampler do.
 
 NFE is the number of network calls: the samplers take ``NFE − 1`` steps and denoise once more at the end.
-Headline: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
-as white noise at the largest NFE (null if none). ``floor`` holds each metric between two disjoint sets of
-real images: differences below it are sampling noise.
+``headline``: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
+as white noise at the largest NFE (null if none). ``summary``: per dataset and metric, white's best over every
+sampler and NFE, the smallest NFE at which each variant matches it, the closest variant and the NFE ratio.
+``floor`` holds each metric between two disjoint sets of real images: differences below it are sampling noise.
 
-    python benchmarks/white_vs_cloud.py                 # the real run (a GPU job)
+    python benchmarks/white_vs_cloud.py                 # the real run (a GPU job: benchmarks/gpu_suite.sh)
     python benchmarks/white_vs_cloud.py --tiny --out /tmp/wvc   # end-to-end check: tiny data, model, counts
 """
 
@@ -235,7 +242,8 @@ Model = Callable[[jax.Array, int, int, str, float], np.ndarray]
 
 
 def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: int, seed: int):
-    """``num`` samples in data units and the seconds per image, compile time excluded.
+    """``num`` samples in data units clipped to the data's range [0, 1] (as any saved image is), the fraction of
+    pixels that fell outside it, and the seconds per image, compile time excluded.
 
     Batch i starts from ``fold_in(key(seed), i)``, the same for every sampler and NFE of a model. Batch 0 also
     compiles, so the clock runs over the others (or over batch 0 again when there is only one).
@@ -249,7 +257,8 @@ def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: 
         start = time.perf_counter()
         run(0)
     seconds = (time.perf_counter() - start) / (batch * max(len(batches) - 1, 1))
-    return np.concatenate(batches)[:num], seconds
+    samples = np.concatenate(batches)[:num]
+    return np.clip(samples, 0, 1), float(np.mean((samples < 0) | (samples > 1))), seconds
 
 
 # --- figures ------------------------------------------------------------------------------------------------------
@@ -351,17 +360,18 @@ def load_ema(path: Path, config) -> tuple:
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
     paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     with np.load(path) as stored:
-        names = [jax.tree_util.keystr(k) for k, _ in paths]
-        if set(names) != set(stored.files) - {"__step__"}:
-            raise ValueError(f"{path} does not hold the parameters of the {config.model} UNet")
-        leaves = [jnp.asarray(stored[n].view(jnp.bfloat16), jnp.float32) for n in names]
+        shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in paths}
+        if {k: stored[k].shape for k in stored.files if k != "__step__"} != shapes:
+            raise ValueError(f"{path} does not hold the parameters of this {config.model} UNet")
+        leaves = [stored[name].view(jnp.bfloat16).astype(np.float32) for name in shapes]
         step = int(stored["__step__"])
     return graphdef, jax.tree.unflatten(treedef, leaves), step
 
 
 def as_bf16(params):
-    """``params`` rounded to bfloat16 and back: what a saved EMA holds, so fresh and reloaded runs sample alike."""
-    return jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
+    """``params`` rounded to bfloat16 and back (on the host): what a saved EMA holds, so fresh and reloaded runs
+    sample alike."""
+    return jax.tree.map(lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32), params)
 
 
 def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) -> Model:
@@ -397,6 +407,8 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
         dtype=args.dtype,
         batch_size=args.train_batch,
         steps=args.train_steps,
+        lr=args.lr,
+        prediction=args.prediction,
         warmup_steps=min(500, args.train_steps // 10),
         checkpoint_every=min(args.train_steps, 5000),
         ema_decay=args.ema_decay,
@@ -466,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="small", help="UNet preset")
     p.add_argument("--train-steps", type=int, default=50_000)
     p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"], help="what the UNet predicts")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine decay to 10 %%)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="UNet compute dtype")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (short runs: 0.995)")
     p.add_argument("--workdir", default="benchmarks/results/white_vs_cloud_runs", help="training runs go here")
@@ -476,6 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.tiny:
@@ -532,6 +547,12 @@ def main(argv: list[str] | None = None) -> dict:
     NFE; each row is saved as it comes (a run cut short keeps what it measured), the plots after each sampler."""
     args = parse_args(argv)
     out = Path(args.out)
+    if args.plots_only:  # e.g. after a run cut short mid-sampler
+        result = json.loads((out / "white_vs_cloud.json").read_text())
+        for name, floor in result["floor"].items():
+            rows = [r for r in result["rows"] if r["dataset"] == name]
+            plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
+        return result
     out.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
     result = {"config": config, "datasets": {}, "floor": {}, "rows": [], "headline": {}, "summary": {}}
@@ -558,14 +579,16 @@ def main(argv: list[str] | None = None) -> dict:
                 variant = VARIANTS[name]
                 model = study.models[variant.model_of or name]
                 for nfe in sorted(args.nfe):
-                    samples, seconds = draw(model, sampler, nfe, variant.t_start, batch, args.num_samples, args.seed)
+                    drawn = draw(model, sampler, nfe, variant.t_start, batch, args.num_samples, args.seed)
+                    samples, clipped, seconds = drawn
                     row = dict(
                         dataset=data.name,
                         noise=variant.noise,
                         variant=name,
                         sampler=sampler,
                         nfe=nfe,
-                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches),
+                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches)
+                        | {"sample_clipped": clipped},
                         seconds_per_image=seconds,
                         device=config["device"],
                     )
