@@ -13,7 +13,7 @@
 #   start-up, imports ........................................  20
 #   noise benchmark (large shapes, 5 repeats) ..................  40   timeout  90
 #   train step: small, 32 px, bf16, white + cloud, batch 128 ...  60   timeout 120   (2 compiles)
-#   throughput: cloudjax, synthetic + Fashion-MNIST ............  50   timeout 100   (1 compile)
+#   throughput: cloudjax vs PyTorch, Fashion-MNIST-fed ........  50   timeout 100   (torch.compile's too)
 #   white vs cloud, 2 datasets × 4 variants (8 runs):
 #     train-step compiles, one per run ........................ 160   (~20 s each)
 #     training, TRAIN_S ....................................... 100   (steps from the step time measured above)
@@ -55,7 +55,7 @@ if ((DRY)); then
     # tiny sizes on the CPU: every part runs, nothing is measured
     NOISE=(--quick --repeats 1)
     STEP=(--quick --dtypes float32)
-    THROUGHPUT=(--quick --frameworks cloudjax --inputs synthetic)
+    THROUGHPUT=(--quick --frameworks cloudjax --cores all)
     VARIANT_LIST=(cloud)
     STUDY=(--tiny --nfe 3)
     TRAIN_S=1
@@ -66,8 +66,8 @@ if ((DRY)); then
 else
     NOISE=(--large --repeats 5)
     STEP=(--models small --sizes 32 --dtypes bfloat16 --batch 128 --iters 10)
-    THROUGHPUT=(--presets small --sizes 32 --frameworks cloudjax --steps 30)
-    [[ -n "$FMNIST" ]] && THROUGHPUT+=(--data-dir "$FMNIST") || THROUGHPUT+=(--inputs synthetic)
+    THROUGHPUT=(--cores all --presets small --sizes 32 --dtype bfloat16 --batch-size 128 --steps 10 --turns 3)
+    [[ -n "$FMNIST" ]] && THROUGHPUT+=(--input fashion_mnist --data-dir "$FMNIST")
     VARIANT_LIST=(${VARIANTS:-white cloud cloud-calibrated cloud-pixel-loss})
     STUDY=(--image-size 32 --model small --dtype bfloat16 --train-batch 128 --prediction v --lr 2e-4
         --samplers ${SAMPLERS:-dpm++2m ddim ddpm}

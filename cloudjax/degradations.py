@@ -14,7 +14,7 @@ Any function ``D(x0, t)`` with the same contract works in their place; it need n
 that shrinks to zero for images in [−1, 1]::
 
     def fade_range(x0, t, steps=10):
-        r = 1 - jnp.asarray(t)[..., None, None, None] / steps
+        r = (steps - jnp.asarray(t)[..., None, None, None]) / steps
         return jnp.clip(x0, -r, r)
 """
 
@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cloudjax.registry import BLUR_ROUTINES
+
 __all__ = ["BLUR_ROUTINES", "GaussianBlur", "GaussianMask", "Downsample", "Decolorize"]
 
-BLUR_ROUTINES = ("constant", "incremental", "exponential")
 PADDINGS = ("circular", "reflect")
 DOWNSAMPLE_METHODS = ("area", "bicubic")
 
@@ -52,8 +53,11 @@ def _steps_per_image(x0: jnp.ndarray, t, steps: int) -> jnp.ndarray:
     """Check ``x0`` and ``t``; return t as int32 of shape ``x0.shape[:-3]`` (concrete t checked, traced t clipped)."""
     if x0.ndim < 3 or not jnp.issubdtype(x0.dtype, jnp.floating):
         raise ValueError(f"x0 must be a float array of shape (..., H, W, C), got {x0.dtype} {x0.shape}")
-    if not isinstance(t, jax.core.Tracer):
+    try:
         concrete = np.asarray(t)
+    except jax.errors.TracerArrayConversionError:  # traced under jit or vmap: checked by dtype and shape only
+        concrete = None
+    if concrete is not None:
         if not np.issubdtype(concrete.dtype, np.integer):
             raise ValueError(f"t must be an integer step in 0..{steps}, got dtype {concrete.dtype}")
         if concrete.size and (concrete.min() < 0 or concrete.max() > steps):
@@ -239,6 +243,8 @@ class GaussianMask:
 
     def at_random(self, key: jax.Array, shape) -> GaussianMask:
         """This mask with one uniformly random centre per image for images of ``shape`` ``(..., H, W, C)``."""
+        if len(shape) < 3:
+            raise ValueError(f"shape must be the images' shape (..., H, W, C), got {tuple(shape)}")
         *batch, H, W, _ = shape
         return self.replace(centers=jax.random.uniform(key, (*batch, 2)) * jnp.array([H - 1, W - 1], jnp.float32))
 
