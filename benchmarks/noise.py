@@ -108,13 +108,14 @@ def environment() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="accelerator shapes (256x64x64x3 and up)")
+    parser.add_argument("--quick", action="store_true", help="one tiny shape: a seconds-long CPU check")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per function (median reported)")
     parser.add_argument("--out", default=None, help="JSON file (default benchmarks/results/noise_<backend>.json)")
     args = parser.parse_args()
 
     env = environment()
     results = []
-    for shape in LARGE if args.large else SMALL:
+    for shape in [(2, 16, 16, 1)] if args.quick else LARGE if args.large else SMALL:
         for row in [bench_fft(shape, args.repeats)] + [bench_noise(shape, impl, args.repeats) for impl in PRNGS]:
             row = {**row, "backend": env["backend"], "device": env["device"]}
             print(json.dumps(row), flush=True)

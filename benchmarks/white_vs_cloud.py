@@ -1,11 +1,17 @@
 """White vs cloud noise: sample quality against network evaluations (NFE), per sampler and metric.
 
 For each dataset, a white-noise model and cloud-noise variants with the same UNet, training budget and seed
-are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every NFE and sampler,
-``--num-samples`` images are drawn from the same starting keys and scored against held-out data with every
-metric of :mod:`cloudjax.metrics`, plus seconds per image. Writes ``white_vs_cloud.json``
-(``{"config", "datasets", "floor", "rows", "headline"}``), one metrics-vs-NFE plot and one sample sheet per dataset,
-and prints one JSON object per row.
+are trained (or reused from ``--workdir-white`` / ``--workdir-cloud``); then, for every sampler, NFE and variant,
+``--num-samples`` images are drawn from the same starting keys, clipped to the data range [0, 1] (the fraction
+clipped is ``sample_clipped``) and scored against held-out data with every metric of :mod:`cloudjax.metrics`,
+plus seconds per image. Every model is trained first, then the samplers run in ``--samplers`` order; each row is
+saved as it comes, so a run cut short keeps what it measured. Writes ``white_vs_cloud.json``
+(``{"config", "datasets", "floor", "rows", "headline", "summary"}``), one metrics-vs-NFE plot and one sample sheet
+per dataset, and prints one JSON object per row. ``config.device`` names the accelerator, or the CPU model.
+
+Each trained run keeps its EMA weights in bfloat16 (``<workdir>/<data>_<size>_<variant>/ema_bf16.npz`` beside
+``run.json``, a few hundred kB for ``tiny``); every model samples from these rounded weights, and a later run
+with the same settings loads them instead of training (no checkpoint needed), so sampling can be re-run alone.
 
 Cloud variants: ``cloud`` (Δ fitted to the data, the author's Mahalanobis loss, the white model's cosine
 schedule), ``cloud-pixel-loss``, ``cloud-calibrated`` (the schedule shifted so the cloud noise has the white
@@ -15,11 +21,12 @@ the networks by the exact denoiser for Gaussian data with the data's Π variance
 and the sampler do.
 
 NFE is the number of network calls: the samplers take ``NFE − 1`` steps and denoise once more at the end.
-Headline: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
-as white noise at the largest NFE (null if none). ``floor`` holds each metric between two disjoint sets of
-real images: differences below it are sampling noise.
+``headline``: per dataset, variant, sampler and metric, the smallest NFE at which the variant is at least as good
+as white noise at the largest NFE (null if none). ``summary``: per dataset and metric, white's best over every
+sampler and NFE, the smallest NFE at which each variant matches it, the closest variant and the NFE ratio.
+``floor`` holds each metric between two disjoint sets of real images: differences below it are sampling noise.
 
-    python benchmarks/white_vs_cloud.py                 # the real run (a GPU job)
+    python benchmarks/white_vs_cloud.py                 # the real run (a GPU job: benchmarks/gpu_suite.sh)
     python benchmarks/white_vs_cloud.py --tiny --out /tmp/wvc   # end-to-end check: tiny data, model, counts
 """
 
@@ -28,11 +35,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import cloudjax as cj
@@ -177,6 +187,53 @@ def headline(rows: list[dict]) -> dict:
     return out
 
 
+def summary(rows: list[dict]) -> dict:
+    """Per dataset and metric: white's best over every sampler and NFE, and for each other variant the smallest NFE
+    (any sampler) at which it is at least as good. ``closest``: the variant that matches at the smallest NFE, or,
+    when none matches, the one whose best comes nearest; ``ratio``: white's NFE / the NFE ``closest`` needs."""
+    out: dict = {}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        white = [r for r in mine if r["variant"] == "white"]
+        if not white:
+            continue
+        names = [m for m in white[0]["metrics"] if not m.startswith("sample_")]
+        for metric in names:
+            bad = lambda r: badness(metric, r["metrics"][metric])  # noqa: B023
+            best_white = min(white, key=lambda r: (bad(r), r["nfe"]))
+            target = bad(best_white)
+            variants = {}
+            for name in dict.fromkeys(r["variant"] for r in mine if r["variant"] != "white"):
+                own = [r for r in mine if r["variant"] == name]
+                best = min(own, key=lambda r: (bad(r), r["nfe"]))
+                match = min((r for r in own if bad(r) <= target), key=lambda r: r["nfe"], default=None)
+                variants[name] = {
+                    "nfe_to_match": match and match["nfe"],
+                    "sampler": match and match["sampler"],
+                    "best": best["metrics"][metric],
+                    "best_nfe": best["nfe"],
+                    "best_sampler": best["sampler"],
+                }
+            if not variants:
+                continue
+            closest = min(
+                variants,
+                key=lambda v: (
+                    variants[v]["nfe_to_match"] is None,
+                    variants[v]["nfe_to_match"] or 0,
+                    badness(metric, variants[v]["best"]),
+                ),
+            )
+            need = variants[closest]["nfe_to_match"]
+            out.setdefault(dataset, {})[metric] = {
+                "white": {k: best_white[k] for k in ("nfe", "sampler")} | {"value": best_white["metrics"][metric]},
+                "variants": variants,
+                "closest": closest,
+                "ratio": None if need is None else best_white["nfe"] / need,
+            }
+    return out
+
+
 # --- sampling -----------------------------------------------------------------------------------------------------
 
 
@@ -185,7 +242,8 @@ Model = Callable[[jax.Array, int, int, str, float], np.ndarray]
 
 
 def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: int, seed: int):
-    """``num`` samples in data units and the seconds per image, compile time excluded.
+    """``num`` samples in data units clipped to the data's range [0, 1] (as any saved image is), the fraction of
+    pixels that fell outside it, and the seconds per image, compile time excluded.
 
     Batch i starts from ``fold_in(key(seed), i)``, the same for every sampler and NFE of a model. Batch 0 also
     compiles, so the clock runs over the others (or over batch 0 again when there is only one).
@@ -199,7 +257,8 @@ def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: 
         start = time.perf_counter()
         run(0)
     seconds = (time.perf_counter() - start) / (batch * max(len(batches) - 1, 1))
-    return np.concatenate(batches)[:num], seconds
+    samples = np.concatenate(batches)[:num]
+    return np.clip(samples, 0, 1), float(np.mean((samples < 0) | (samples > 1))), seconds
 
 
 # --- figures ------------------------------------------------------------------------------------------------------
@@ -285,37 +344,90 @@ def oracle_model(variant: Variant, data: Dataset) -> Model:
     return model
 
 
+def save_ema(path: Path, ema, step: int) -> None:
+    """The EMA parameters rounded to bfloat16 (stored as their uint16 bit patterns, no pickle) and the step."""
+    leaves = jax.tree_util.tree_flatten_with_path(ema)[0]
+    arrays = {jax.tree_util.keystr(k): np.asarray(v, jnp.bfloat16).view(np.uint16) for k, v in leaves}
+    np.savez(path, __step__=step, **arrays)
+
+
+def load_ema(path: Path, config) -> tuple:
+    """``(graphdef, params, step)``: the UNet of ``config`` with the float32 parameters saved by :func:`save_ema`."""
+    from flax import nnx
+
+    from cloudjax.models import UNet
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    with np.load(path) as stored:
+        shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in paths}
+        if {k: stored[k].shape for k in stored.files if k != "__step__"} != shapes:
+            raise ValueError(f"{path} does not hold the parameters of this {config.model} UNet")
+        leaves = [stored[name].view(jnp.bfloat16).astype(np.float32) for name in shapes]
+        step = int(stored["__step__"])
+    return graphdef, jax.tree.unflatten(treedef, leaves), step
+
+
+def as_bf16(params):
+    """``params`` rounded to bfloat16 and back (on the host): what a saved EMA holds, so fresh and reloaded runs
+    sample alike."""
+    return jax.tree.map(lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32), params)
+
+
 def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) -> Model:
-    """The EMA UNet of variant ``name``: reused from ``--workdir-white/--workdir-cloud``, or trained with
-    :func:`cloudjax.train.train` in ``--workdir`` (which resumes, so a finished run is simply loaded)."""
+    """The EMA UNet of variant ``name``, with its weights rounded to bfloat16.
+
+    Reused from ``--workdir-white/--workdir-cloud`` (any cloudjax run), or from ``--workdir``: there a run that
+    reached ``--train-steps`` is loaded from its ``ema_bf16.npz`` (no checkpoint needed: a few hundred kB for
+    ``tiny``), anything else is trained or resumed with :func:`cloudjax.train.train` and the EMA saved.
+    """
     from cloudjax.data.sources import ArraySource
-    from cloudjax.train import TrainConfig, generate, load_run, train
+    from cloudjax.train import TrainConfig, check_workdir, generate, load_run, train
+
+    def sample(run, graphdef, params) -> Model:
+        # the loss weighting plays no part in sampling: one value lets the variants that differ only in it
+        # share their compiled samplers (one compile per sampler and NFE each costs seconds)
+        run = dataclasses.replace(run, config=dataclasses.replace(run.config, loss_weighting="pixel"))
+        return lambda key, num, steps, method, t_start: generate(
+            run, graphdef, params, key, num, steps=steps, method=method, t_start=t_start
+        )
 
     workdir = {"white": args.workdir_white, "cloud": args.workdir_cloud}.get(name)
-    if workdir is None:
-        variant = VARIANTS[name]
-        workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
-        config = TrainConfig(
-            data=spec,
-            data_dir=args.data_dir,
-            image_size=args.image_size,
-            channels=1,
-            model=args.model,
-            batch_size=args.train_batch,
-            steps=args.train_steps,
-            warmup_steps=min(500, args.train_steps // 10),
-            checkpoint_every=min(args.train_steps, 5000),
-            noise=variant.noise,
-            delta=variant.delta,
-            schedule=variant.schedule,
-            loss_weighting=variant.loss_weighting,
-            seed=args.seed,
-        )
-        train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
-    run, graphdef, state = load_run(workdir)
-    return lambda key, num, steps, method, t_start: generate(
-        run, graphdef, state.ema, key, num, steps=steps, method=method, t_start=t_start
+    if workdir is not None:
+        run, graphdef, state = load_run(workdir)
+        return sample(run, graphdef, as_bf16(state.ema))
+    variant = VARIANTS[name]
+    workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
+    config = TrainConfig(
+        data=spec,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        channels=1,
+        model=args.model,
+        dtype=args.dtype,
+        batch_size=args.train_batch,
+        steps=args.train_steps,
+        lr=args.lr,
+        prediction=args.prediction,
+        warmup_steps=min(500, args.train_steps // 10),
+        checkpoint_every=min(args.train_steps, 5000),
+        ema_decay=args.ema_decay,
+        noise=variant.noise,
+        delta=variant.delta,
+        schedule=variant.schedule,
+        loss_weighting=variant.loss_weighting,
+        seed=args.seed,
     )
+    ema_file = workdir / "ema_bf16.npz"
+    run = check_workdir(config, workdir)  # refuses a folder that holds a different run
+    if run is not None and ema_file.is_file():
+        graphdef, params, step = load_ema(ema_file, config)
+        if step == args.train_steps:
+            return sample(run, graphdef, params)
+    train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
+    run, graphdef, state = load_run(workdir)
+    save_ema(ema_file, state.ema, int(state.step))
+    return sample(run, graphdef, as_bf16(state.ema))
 
 
 def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
@@ -344,6 +456,7 @@ TINY = dict(
     model="tiny",
     train_steps=10,
     train_batch=8,
+    ema_decay=0.9,
     swd_patches=1024,
     classifier_steps=30,
 )
@@ -365,6 +478,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="small", help="UNet preset")
     p.add_argument("--train-steps", type=int, default=50_000)
     p.add_argument("--train-batch", type=int, default=128)
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v"], help="what the UNet predicts")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine decay to 10 %%)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="UNet compute dtype")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (short runs: 0.995)")
     p.add_argument("--workdir", default="benchmarks/results/white_vs_cloud_runs", help="training runs go here")
     p.add_argument("--workdir-white", default=None, help="reuse this trained white run (one dataset only)")
     p.add_argument("--workdir-cloud", default=None, help="reuse this trained run for the 'cloud' variant")
@@ -373,6 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.tiny:
@@ -385,64 +503,103 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_dataset(spec: str, args: argparse.Namespace) -> tuple[Dataset, dict, list[dict], dict]:
-    """Train (or load) every variant's model on one dataset and score all samplers and NFEs."""
-    num = args.num_samples
-    data = load_dataset(spec, args.image_size, num, args.max_train, args.data_dir, args.seed)
+def device_name() -> str:
+    """The accelerator's kind, or the CPU's model name and core count: what the timings ran on."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return device.device_kind
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+@dataclasses.dataclass
+class Study:
+    """One dataset ready to sample: its data, classifier (or None), real-data floor and a model per variant."""
+
+    data: Dataset
+    classifier: metrics.Classifier | None
+    floor: dict[str, float]
+    models: dict[str, Model]
+    sheets: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def prepare(spec: str, args: argparse.Namespace) -> Study:
+    """Load one dataset, score the real-data floor and train (or load) every variant's model."""
+    data = load_dataset(spec, args.image_size, args.num_samples, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    key = jax.random.key(args.seed)
-    floor = score(data.ref, data.ref2, key, classifier, args.swd_patches)
-    device = jax.devices()[0].device_kind
-    batch = min(args.sample_batch, num)
-    sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
+    floor = score(data.ref, data.ref2, jax.random.key(args.seed), classifier, args.swd_patches)
     models: dict[str, Model] = {}
-    rows, sheets = [], {}
     for name in args.variants:
-        variant = VARIANTS[name]
-        owner = variant.model_of or name
+        owner = VARIANTS[name].model_of or name
         if owner not in models:
             models[owner] = (
                 oracle_model(VARIANTS[owner], data)
                 if args.denoiser == "oracle"
                 else unet_model(owner, spec, data, args)
             )
-        for sampler in args.samplers:
-            for nfe in sorted(args.nfe):
-                samples, seconds = draw(models[owner], sampler, nfe, variant.t_start, batch, num, args.seed)
-                row = dict(
-                    dataset=data.name,
-                    noise=variant.noise,
-                    variant=name,
-                    sampler=sampler,
-                    nfe=nfe,
-                    metrics=score(data.ref, samples, key, classifier, args.swd_patches),
-                    seconds_per_image=seconds,
-                    device=device,
-                )
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                if sampler == args.samplers[0] and nfe in sheet_nfes:
-                    sheets[(name, nfe)] = samples[:16]
-    return data, floor, rows, sheets
+    return Study(data, classifier, floor, models)
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Every model of every dataset first, then sampler by sampler (in ``--samplers`` order), dataset, variant and
+    NFE; each row is saved as it comes (a run cut short keeps what it measured), the plots after each sampler."""
     args = parse_args(argv)
     out = Path(args.out)
+    if args.plots_only:  # e.g. after a run cut short mid-sampler
+        result = json.loads((out / "white_vs_cloud.json").read_text())
+        for name, floor in result["floor"].items():
+            rows = [r for r in result["rows"] if r["dataset"] == name]
+            plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
+        return result
     out.mkdir(parents=True, exist_ok=True)
-    rows, floors, datasets = [], {}, {}
-    for spec in args.datasets:
-        data, floor, data_rows, sheets = run_dataset(spec, args)
-        floors[data.name] = floor
-        datasets[data.name] = {"spec": spec, "train_images": len(data.train), "held_out": 2 * len(data.ref)}
-        datasets[data.name]["delta_fit"] = data.delta
-        rows += data_rows
-        plot_metrics(data_rows, floor, out / f"white_vs_cloud_{data.name}_metrics.png")
-        plot_samples(data.ref, sheets, out / f"white_vs_cloud_{data.name}_samples.png")
-    config = {k: v for k, v in vars(args).items()}
-    config.update(device=jax.devices()[0].device_kind, jax=jax.__version__)
-    result = {"config": config, "datasets": datasets, "floor": floors, "rows": rows, "headline": headline(rows)}
-    (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+    config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
+    result = {"config": config, "datasets": {}, "floor": {}, "rows": [], "headline": {}, "summary": {}}
+
+    def save() -> None:
+        result.update(headline=headline(result["rows"]), summary=summary(result["rows"]))
+        result["config"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews timings
+        (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+
+    studies = [prepare(spec, args) for spec in args.datasets]
+    for spec, study in zip(args.datasets, studies, strict=True):
+        data = study.data
+        result["floor"][data.name] = study.floor
+        result["datasets"][data.name] = dict(
+            spec=spec, train_images=len(data.train), held_out=2 * len(data.ref), delta_fit=data.delta
+        )
+    save()
+    key, batch = jax.random.key(args.seed), min(args.sample_batch, args.num_samples)
+    sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
+    for sampler in args.samplers:
+        for study in studies:
+            data = study.data
+            for name in args.variants:
+                variant = VARIANTS[name]
+                model = study.models[variant.model_of or name]
+                for nfe in sorted(args.nfe):
+                    drawn = draw(model, sampler, nfe, variant.t_start, batch, args.num_samples, args.seed)
+                    samples, clipped, seconds = drawn
+                    row = dict(
+                        dataset=data.name,
+                        noise=variant.noise,
+                        variant=name,
+                        sampler=sampler,
+                        nfe=nfe,
+                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches)
+                        | {"sample_clipped": clipped},
+                        seconds_per_image=seconds,
+                        device=config["device"],
+                    )
+                    print(json.dumps(row), flush=True)
+                    result["rows"].append(row)
+                    save()
+                    if sampler == args.samplers[0] and nfe in sheet_nfes:
+                        study.sheets[(name, nfe)] = samples[:16]
+            rows = [r for r in result["rows"] if r["dataset"] == data.name]
+            plot_metrics(rows, study.floor, out / f"white_vs_cloud_{data.name}_metrics.png")
+            plot_samples(data.ref, study.sheets, out / f"white_vs_cloud_{data.name}_samples.png")
     return result
 
 

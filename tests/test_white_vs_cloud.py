@@ -2,9 +2,14 @@
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,16 +81,51 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     assert list(out.glob("classifier_*.npz")), "the feature classifier is saved for reuse"
 
 
-def test_tiny_unet_run_trains_through_cloudjax_train(wvc, tmp_path):
-    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss, calibrated schedule) from cloudjax.train."""
+def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
+    """The trained path: a cloud UNet (fitted Δ, Mahalanobis loss, calibrated schedule) from cloudjax.train; its
+    EMA is kept in bfloat16, and a second run samples from it alone (checkpoints deleted), identically."""
     out, runs = tmp_path / "out", tmp_path / "runs"
     args = ["--tiny", "--variants", "cloud-calibrated", "--nfe", "3", "--out", str(out), "--workdir", str(runs)]
     rows = wvc.main(args)["rows"]
     _check_rows(rows, ["cloud-calibrated"], wvc.TINY["samplers"], [3])
-    run = json.loads(next(runs.glob("*_cloud-calibrated/run.json")).read_text())
+    folder = next(runs.glob("*_cloud-calibrated"))
+    run = json.loads((folder / "run.json").read_text())
     config = run["config"]
     assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
     assert config["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
+    assert config["ema_decay"] == wvc.TINY["ema_decay"]
+    with np.load(folder / "ema_bf16.npz") as ema:
+        assert int(ema["__step__"]) == wvc.TINY["train_steps"]
+        assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
+    shutil.rmtree(folder / "checkpoints")
+    again = wvc.main(args)["rows"]
+    assert not (folder / "checkpoints").exists(), "reloading the EMA must not train again"
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+
+
+def test_bf16_ema_round_trips_the_unet_parameters(wvc, tmp_path):
+    from flax import nnx
+
+    from cloudjax.models import UNet
+    from cloudjax.train import TrainConfig
+
+    config = TrainConfig(model="tiny", image_size=8)
+    rng = np.random.default_rng(0)  # host arrays: eager jax would compile an op per parameter shape
+    abstract = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), abstract)
+    wvc.save_ema(tmp_path / "ema.npz", params, 7)
+    _, loaded, step = wvc.load_ema(tmp_path / "ema.npz", config)
+    assert step == 7
+    for a, b in zip(jax.tree.leaves(wvc.as_bf16(params)), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # rounding to bfloat16 keeps 8 significant bits, not more
+    errors = [
+        np.max(np.abs(np.asarray(a) - np.asarray(b)) / (np.abs(np.asarray(a)) + 1e-30))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True)
+    ]
+    assert 0 < max(errors) <= 2**-8
+    with pytest.raises(ValueError, match="tiny UNet"):
+        wvc.load_ema(tmp_path / "ema.npz", TrainConfig(model="tiny", image_size=8, channels=3))
 
 
 def test_headline_finds_the_first_nfe_that_matches_white(wvc):
@@ -103,6 +143,53 @@ def test_headline_finds_the_first_nfe_that_matches_white(wvc):
     assert worse["swd_mean"]["nfe_to_match"] is None
 
 
+def test_summary_takes_whites_best_over_samplers_and_the_variant_that_matches_soonest(wvc):
+    def row(variant, sampler, nfe, swd):
+        return dict(dataset="d", variant=variant, sampler=sampler, nfe=nfe, metrics={"swd_mean": swd})
+
+    rows = [row("white", "ddim", 50, 0.3), row("white", "dpm++2m", 50, 0.2), row("white", "dpm++2m", 250, 0.25)]
+    rows += [row("a", "ddim", 10, 0.19), row("a", "dpm++2m", 5, 0.4), row("b", "dpm++2m", 5, 0.2)]
+    rows += [row("c", "ddim", 100, 0.21)]
+    entry = wvc.summary(rows)["d"]["swd_mean"]
+    assert entry["white"] == {"nfe": 50, "sampler": "dpm++2m", "value": 0.2}
+    assert entry["variants"]["a"]["nfe_to_match"] == 10 and entry["variants"]["a"]["sampler"] == "ddim"
+    assert entry["variants"]["c"]["nfe_to_match"] is None and entry["variants"]["c"]["best"] == 0.21
+    assert entry["closest"] == "b" and entry["ratio"] == 10  # b matches white's best (a tie counts) at NFE 5
+    lost = wvc.summary(rows[:3] + rows[-1:])["d"]["swd_mean"]
+    assert lost["closest"] == "c" and lost["ratio"] is None
+
+
 def test_nfe_below_two_is_refused(wvc):
     with pytest.raises(SystemExit):
         wvc.parse_args(["--tiny", "--nfe", "1"])
+
+
+def test_gpu_suite_dry_run_writes_every_part_under_one_folder(tmp_path):
+    """``benchmarks/gpu_suite.sh --dry-run``: every part at tiny sizes on the CPU, each writing JSON under one
+    folder, few enough files for the device tool to bring back (8), and the study sized from the measured step."""
+    out = tmp_path / "suite"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: the machine it sizes for
+    env["PYTHON"] = sys.executable
+    script = SCRIPT.parent / "gpu_suite.sh"
+    done = subprocess.run(["bash", str(script), "--dry-run", str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "noise.json",
+        "suite.log",
+        "train_step.json",
+        "train_throughput.json",
+        "white_vs_cloud.json",
+        "white_vs_cloud.tar.gz",
+    ]
+    assert json.loads((out / "noise.json").read_text())["results"]
+    step = json.loads((out / "train_step.json").read_text())["rows"]
+    assert {r["noise"] for r in step} == {"white", "cloud"} and all(r["step_seconds"] > 0 for r in step)
+    assert json.loads((out / "train_throughput.json").read_text())["rows"][0]["images_per_second"] > 0
+    study = json.loads((out / "white_vs_cloud.json").read_text())
+    _check_rows(study["rows"], ["cloud"], ["ddim"], [3])
+    assert study["config"]["train_steps"] >= 2 and 0 <= study["config"]["ema_decay"] < 1
+    with tarfile.open(out / "white_vs_cloud.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("_metrics.png") for n in names) and any(n.endswith("/run.json") for n in names)
+    assert ": exit " not in (out / "suite.log").read_text(), "a part failed"
