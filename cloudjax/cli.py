@@ -7,6 +7,7 @@ Each subcommand is a ``_cmd_<name>(args)`` function registered in :func:`build_p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cloudjax import registry
@@ -196,7 +197,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.steps < 1:
         raise UsageError(f"--minutes must be > 0 and --steps >= 1, got {args.minutes} and {args.steps}")
     summary = run_demo(args.out, steps=args.steps, minutes=args.minutes, quick=args.quick, seed=args.seed)
-    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f})")
+    steps = f"{summary['white']['steps']} white / {summary['cloud']['steps']} cloud steps"
+    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f}, {steps})")
     return 0
 
 
@@ -255,6 +257,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="cold blur: last step to the per-channel mean, fit a Gaussian mixture to the means to generate",
     )
     p.add_argument("--gmm-components", type=int, default=None, help="generation: mixture components (default 1)")
+    p.add_argument("--levels", type=int, default=None, help="scale_space: resolution levels (default 4)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")
@@ -262,6 +265,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's index")
+
+
+def _compile_cache(off: bool) -> None:
+    """JAX's persistent compilation cache (:mod:`cloudjax.compile_cache`); ``off`` also for what this process starts."""
+    from cloudjax.compile_cache import ENV_VAR, enable_compile_cache
+
+    if off:
+        os.environ[ENV_VAR] = "off"
+    enable_compile_cache()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,10 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")
     p.add_argument("--minutes", type=float, default=7.0, help="time budget of the whole demo (training stops early)")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per model (stops early at --minutes)")
+    p.add_argument("--steps", type=int, default=20_000, help="training steps per model (stops early at --minutes)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values():
+        p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     return parser
 
 
@@ -308,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _compile_cache(args.no_compile_cache)
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

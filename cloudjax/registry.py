@@ -41,11 +41,12 @@ LOSSES = {
     "gaussian": (*LOSS_ALIASES, *(n if w == "none" else f"{n}+{w}" for n in NORMS[:2] for w in TIME_WEIGHTINGS)),
     "cold": ("l1", "l2"),
 }
-PROCESSES = ("gaussian", "cold")
+LOSSES["scale_space"] = LOSSES["blurring"] = LOSSES["gaussian"]  # x0 regression, Gaussian norms and weights
+PROCESSES = ("gaussian", "cold", "scale_space", "blurring")
 # sampler name → the process kinds (``process.kind``) it drives
 SAMPLERS = {
-    "ddim": ("gaussian",),
-    "ddpm": ("gaussian",),
+    "ddim": ("gaussian", "scale_space", "blurring"),
+    "ddpm": ("gaussian", "scale_space", "blurring"),
     "dpm++2m": ("gaussian",),
     "cold": ("cold",),  # Cold Diffusion's Algorithm 2
     "cold_naive": ("cold",),  # Algorithm 1

@@ -76,7 +76,13 @@ class Sampler(NamedTuple):
 
 
 def _ddim(process, step: Step, key, eta, stochasticity):
-    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step."""
+    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step. A process whose α is an
+    operator (blurring: a gain per Π mode) or whose state changes shape (scale space) gives its own update as
+    ``process.gaussian_step(step, key, eta, stochasticity)``; None there means the rule below."""
+    own = getattr(process, "gaussian_step", None)
+    x = None if own is None else own(step, key, eta, stochasticity)
+    if x is not None:
+        return x, None
     (a_t, s_t), (a_s, s_s) = step.at_t, step.at_s
     posterior_var = (s_s**2 / s_t**2) * jnp.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
     a = jnp.sqrt(jnp.maximum(s_s**2 - eta**2 * posterior_var, 0.0)) * jnp.cos(stochasticity * math.pi / 2)
@@ -205,16 +211,20 @@ def _sample(
     coef = process.coefficients(ts)
     at = lambda i, j=None: jax.tree.map(lambda c: c[i] if j is None else c[i:j], coef)
 
-    def predict(x, t):
+    def predict(x, t, out_shape=None):  # into a larger state, a process may have the network up-sample
         t = jnp.full((batch,), t, jnp.float32)
-        return process.predict(denoise_fn(x, t).astype(jnp.float32), x, t)
+        grow = out_shape not in (None, x.shape) and getattr(process, "network_upsamples", False)
+        kw = {"upsample": True} if grow else {}
+        return process.predict(denoise_fn(x, t, **kw).astype(jnp.float32), x, t)
 
     def body(carry, inputs, stage):  # a step t → s with s in ``stage``
         x, memory = carry
         t, at_t, at_s, step_key, last = inputs
-        x0, aux = predict(x, t)
-        step = Step(x, x0, aux, at_t, at_s, memory, last, process.state_shape(shape, stage))
-        x_next, memory = sampler.step(process, step, step_key if stochastic else None, eta, stochasticity)
+        out_shape = process.state_shape(shape, stage)
+        x0, aux = predict(x, t, out_shape)
+        step = Step(x, x0, aux, at_t, at_s, memory, last, out_shape)
+        fresh = stochastic or out_shape != x.shape  # a resolution increase always draws the new detail
+        x_next, memory = sampler.step(process, step, step_key if fresh else None, eta, stochasticity)
         return (x_next, memory), ({"x": x_next, "x0": x0} if return_trajectory else None)
 
     def steps_from(i, j):  # the scan inputs of steps i … j − 1 (step i goes ts[i] → ts[i + 1])

@@ -42,11 +42,14 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cloudjax import registry
+from cloudjax.blurring import BlurringDiffusion
 from cloudjax.cold import ColdDiffusion, MeanPrior
+from cloudjax.compile_cache import enable_compile_cache
 from cloudjax.diffusion import GaussianDiffusion
-from cloudjax.models import UNet, init, preset
+from cloudjax.models import FlexiUNet, UNet, flexi_unet, init, preset
 from cloudjax.noise import PowerLawNoise, WhiteNoise
 from cloudjax.samplers import sample
+from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.schedules import CalibratedSchedule, calibrated_schedule, get_schedule
 
 __all__ = [
@@ -94,6 +97,9 @@ class TrainConfig:
     T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32; downsample T = log2(S/4); decolor T = 20.
     generation: blur only; the last step goes to the per-channel mean and a ``gmm_components`` Gaussian mixture
     of the data's means is stored for sampling new images.
+    process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
+    on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
+    x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -134,6 +140,7 @@ class TrainConfig:
     mask_initial: float = 11.0
     generation: bool = False
     gmm_components: int = 1
+    levels: int | None = None
     checkpoint_every: int = 1000
     keep: int = 3
     sample_every: int = 0
@@ -159,9 +166,30 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.sample_every < 0:
             raise ValueError("warmup_steps and sample_every must be >= 0")
         self._check_process()
+        if self.levels is not None and self.process != "scale_space":
+            raise ValueError("levels applies to --process scale_space only")
+        if self.process == "scale_space":
+            depth = len(self.unet_config().channel_mults)
+            if not 1 <= self.num_levels <= depth:
+                raise ValueError(
+                    f"levels must be in 1 … {depth} (the {self.model} network's levels), got {self.levels}"
+                )
+            if self.image_size % 2 ** (self.num_levels - 1):
+                raise ValueError(f"levels={self.levels} needs an image size divisible by {2 ** (self.num_levels - 1)}")
         self.unet_config()  # validates model, dtype, dropout and the image size
         if self.image_size % self.unet_config().downsampling:
             raise ValueError(f"image_size must be divisible by {self.unet_config().downsampling} for {self.model}")
+
+    @property
+    def num_levels(self) -> int:
+        """Scale-space levels (default 4)."""
+        return 4 if self.levels is None else self.levels
+
+    def network(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The network: a UNet, or a Flexi-UNet for scale space."""
+        if self.process == "scale_space":
+            return FlexiUNet(self.unet_config(), self.image_size, rngs=rngs)
+        return UNet(self.unet_config(), rngs=rngs)
 
     def _check_process(self) -> None:
         """Check the process's names and fill its None settings with their defaults (stored in run.json)."""
@@ -278,7 +306,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def _graphdef(config: TrainConfig) -> nnx.GraphDef:
-    return nnx.graphdef(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    return nnx.graphdef(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
 
 
 def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
@@ -294,7 +322,10 @@ def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
 def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
     init_key, rng = jax.random.split(jax.random.key(config.seed))
-    graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
+    if config.process == "scale_space":
+        graphdef, params = flexi_unet.init(config.unet_config(), config.image_size, init_key, out_shardings=sharding)
+    else:
+        graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
     return graphdef, _new_state_jit(sharding)(config, params, jax.random.key_data(rng))
 
 
@@ -305,7 +336,7 @@ def _new_state_jit(sharding: NamedSharding | None) -> Callable:
 
 def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
     """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
-    params = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    params = nnx.state(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
     rng = jax.random.key_data(jax.random.key(0))
     shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
@@ -322,9 +353,9 @@ def make_train_step(
     ``diffusion`` is any forward process (:class:`cloudjax.process.ForwardProcess`); the step calls its ``loss``.
 
     The batch (already normalised) is split into ``grad_accum`` micro-batches ``batch[i::grad_accum]`` (so each
-    stays spread over every device), gradients are averaged over them with ``lax.scan``; with ``grad_accum = 1``
-    the batch takes one pass, no scan (a scan around the convolutions costs XLA:CPU ~17×). With ``mesh`` the
-    batch is sharded on ``"data"`` and the state replicated.
+    stays spread over every device), gradients are averaged over them with a fully unrolled ``lax.scan`` (one
+    compiled step; a rolled loop around the convolutions costs XLA:CPU 6–17×); with ``grad_accum = 1`` the batch
+    takes one pass. With ``mesh`` the batch is sharded on ``"data"`` and the state replicated.
     """
     optimizer = make_optimizer(config)
     accum = config.grad_accum
@@ -332,7 +363,7 @@ def make_train_step(
     def loss_fn(params, micro, key):
         loss_key, dropout_key = jax.random.split(key)
         model = nnx.merge(graphdef, params)
-        apply_fn = lambda x_t, t: model(x_t, t, dropout_key=dropout_key)
+        apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
         return diffusion.loss(apply_fn, loss_key, micro)
 
     grad_fn = jax.value_and_grad(loss_fn)
@@ -350,7 +381,10 @@ def make_train_step(
             return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), (jnp.arange(accum), micro))
+        # unrolled: inside a while loop XLA:CPU leaves the backward convolutions in non-canonical dimension
+        # orders that miss its fast (Eigen) kernels, ~6× slower; unrolled, every convolution is canonical.
+        carry = (jnp.zeros(()), zeros)
+        (loss, grads), _ = jax.lax.scan(accumulate, carry, (jnp.arange(accum), micro), unroll=True)
         return loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
     def step(state: TrainState, batch: jax.Array, key: jax.Array):
@@ -391,13 +425,18 @@ class Run:
 
     @property
     def diffusion(self):
-        """The run's forward process: a GaussianDiffusion, or a ColdDiffusion for ``process="cold"``."""
+        """The run's forward process: GaussianDiffusion, ColdDiffusion, ScaleSpaceDiffusion or BlurringDiffusion."""
         c = self.config
         if c.process == "cold":
             return c.cold_diffusion(self.mean_prior)
         schedule = (
             CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
         )
+        loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the anchor's loss
+        if c.process == "scale_space":
+            return ScaleSpaceDiffusion(c.image_size, c.num_levels, self.noise, schedule, loss_weighting=loss)
+        if c.process == "blurring":
+            return BlurringDiffusion(self.noise, schedule, loss_weighting=loss)
         return GaussianDiffusion(self.noise, schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
@@ -492,7 +531,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> tuple[Run, nnx.Gra
 @functools.lru_cache
 def _denoiser(graphdef: nnx.GraphDef) -> Callable:
     """One function object per network, so the sampler compiles once per (network, shape, steps, method)."""
-    return lambda params, x, t: nnx.merge(graphdef, params)(x, t)
+    return lambda params, x, t, **kw: nnx.merge(graphdef, params)(x, t, **kw)
 
 
 def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, method=None, init_noise=None, **kw):
@@ -640,10 +679,12 @@ def train(
     ``get``). Saves a checkpoint every ``checkpoint_every`` steps, at the end, and on SIGTERM (then
     ``summary["preempted"]`` is True) or after ``time_limit`` seconds of training (``summary["timed_out"]``,
     resumable like a preemption). Raises :class:`TrainingDiverged` on a NaN/Inf loss (nothing of the
-    bad step is saved) and ``ValueError`` for a workdir holding a different run.
+    bad step is saved) and ``ValueError`` for a workdir holding a different run. Turns JAX's persistent
+    compilation cache on (:mod:`cloudjax.compile_cache`), so a second run with the same shapes starts in seconds.
     """
     from cloudjax.data import BatchIterator, open_source
 
+    enable_compile_cache()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0

@@ -57,7 +57,7 @@ def test_loss_is_a_norm_times_a_time_weight():
 
 
 def test_sampler_refuses_a_process_it_does_not_drive():
-    with pytest.raises(ValueError, match="drives gaussian processes, not _Pyramid"):
+    with pytest.raises(ValueError, match="drives gaussian .*processes, not _Pyramid"):
         cj.sample(lambda x, t: x, _Pyramid(), jax.random.key(0), (1, 4, 4, 1), steps=2, method="ddim")
     with pytest.raises(ValueError, match="drives cold processes, not GaussianDiffusion"):
         cj.sample(lambda x, t: x, cj.GaussianDiffusion(), jax.random.key(0), (1, 4, 4, 1), steps=2, method="cold")
