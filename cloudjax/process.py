@@ -95,7 +95,8 @@ class ForwardProcess(Protocol):
         (α, σ); cold: the integer step t·T). Computed once per grid, sliced per step."""
 
     def prior(self, key: jax.Array, shape: tuple[int, ...], at_start: Any, init: jax.Array | None) -> jax.Array:
-        """The state at the first time of the grid for samples of image ``shape`` ``(B, H, W, C)``:
+        """The state at the first time of the grid (of shape ``state_shape(shape, 0)``) for samples of image
+        ``shape`` ``(B, H, W, C)``:
         ``at_start`` is that time's coefficients; ``init`` the caller's start input (Gaussian: ε, the state is
         σ ε; cold: the degraded images themselves) or None to draw it."""
 

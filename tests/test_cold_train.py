@@ -1,9 +1,9 @@
-"""Cold runs end to end: `experiments/cold_diffusion.py --quick` trains a tiny blur-generation model and a Gaussian
-one through `cloudjax.train` and writes its table; on that run the L1 loss falls, run.json keeps the mean prior,
+"""Cold runs end to end: `experiments/cold_diffusion.py --quick` trains a tiny blur-generation model through
+`cloudjax.train` and writes its table; on that run the L1 loss falls, run.json keeps the mean prior,
 `cloudjax sample` generates and restores (degraded | direct | Algorithm 1 | Algorithm 2 | original), and user
 mistakes in the cold flags are one line with exit status 2.
 
-The whole file trains two 8×8 models once (the module fixture); the CLI reuses their compiled samplers.
+The whole file trains one 8×8 model once (the module fixture); the CLI reuses its compiled samplers.
 """
 
 import importlib.util
@@ -39,8 +39,8 @@ def test_quick_experiment_writes_the_table(quick):
     assert set(row) == {"degraded", "direct", "cold_naive", "cold", "T"} and row["T"] == 20
     for scores in (row[k] for k in ("degraded", "direct", "cold_naive", "cold")):
         assert 0 <= scores["rmse"] <= 1 and -1 <= scores["ssim"] <= 1
-    assert row["degraded"]["ssim"] < 0.5 < row["degraded"]["rmse"] + 0.5  # D(x, T) is flat: no structure left
-    assert set(saved["generation"]) == {"cold_blur", "gaussian"}
+    assert row["degraded"]["ssim"] < 0.5 and row["degraded"]["rmse"] > 0.01  # D(x, T) is flat: no structure left
+    assert set(saved["generation"]) == {"cold_blur"}  # the Gaussian model is left out of --quick
     assert all(v["spectral_distance"] >= 0 and v["pixel_std"] > 0 for v in saved["generation"].values())
     assert saved["machine"]["cpus"] >= 1 and (out / "cold_diffusion.png").stat().st_size > 0
 
