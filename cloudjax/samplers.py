@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from cloudjax.diffusion import check_output
 from cloudjax.schedules import time_grid
 
 __all__ = ["sample", "METHODS"]
@@ -164,7 +165,7 @@ def _sample(
 
     def predict(x, t):
         t = jnp.full((batch,), t, jnp.float32)
-        return diffusion.to_x0_eps(denoise_fn(x, t).astype(jnp.float32), x, t)
+        return diffusion.to_x0_eps(check_output(denoise_fn(x, t), x), x, t)
 
     def body(carry, inputs):
         x, prev_x0, prev_h = carry
