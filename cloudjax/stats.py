@@ -19,7 +19,7 @@ The author's units (``units="author"``) differ in two ways: his Π's paired entr
 (variance 1/2 for white noise, ours carry √2 and are orthonormal), and his |k| is index / (N − 1) where
 ours is index / N. So ``d_author² = (N/(N−1))^{2Δ} · (d² + s) / 2`` with s the self-conjugate modes' part
 of d² (exact per pair, so set distances must be computed in those units, not converted afterwards; ÷√2 is
-1.6 % off at 96 px and 5–6 % at 32 px). Two white 96×96 images at Δ = 1.5: d ≈ 38.0 here, 27.3 in the
+1.6–1.9 % off at 96 px and 4.8–5.4 % at 32 px). Two white 96×96 images at Δ = 1.5: d ≈ 38.0 here, 27.3 in the
 author's units (paper: 27.33).
 """
 
