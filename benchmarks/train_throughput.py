@@ -1,24 +1,24 @@
-"""Training throughput: cloudjax against a PyTorch UNet of the same layout, and data-fed against synthetic input.
+"""Training throughput: cloudjax's train step against PyTorch / diffusers at equal model size, side by side.
 
-    python benchmarks/train_throughput.py            # accelerator: small/base × 32/64 px, batch 128, bf16
-    python benchmarks/train_throughput.py --quick    # CPU check that every path runs (numbers mean nothing)
+    python benchmarks/train_throughput.py            # tiny and small, 16 and 32 px, float32: one core, all cores
+    python benchmarks/train_throughput.py --quick    # tiny at 16 px, a few steps: a smoke run (CI-sized)
+    python benchmarks/train_throughput.py --cores all --presets small --sizes 32 --dtype bfloat16   # on a GPU
 
-For each preset and image size, one row per framework and input:
+For each preset and image size, one row per framework:
 
-* ``cloudjax``: the trainer's own jitted step (``cloudjax.train.make_train_step``: ε-prediction loss with the
-  noise drawn on the device, clipping, AdamW, EMA), the batch placed with ``make_array_from_process_local_data``.
-* ``pytorch``: diffusers' ``UNet2DModel`` with the same widths, blocks, attention levels, GroupNorm and dropout
-  (the parameter counts are equal for every preset; each row has its own), ``torch.compile``, bf16 autocast, a
-  cosine schedule, the same noise (cloud noise from the same spectrum), clipping, AdamW (fused on CUDA) and EMA.
-* input ``synthetic``: one fixed host batch every step; ``fashion_mnist``: batches from ``BatchIterator`` over the
-  Fashion-MNIST IDX files (``--data-dir``), so host-side loading and resizing are inside the timing.
+* ``cloudjax``: the trainer's own jitted step (``cloudjax.train.make_train_step``: loss with the noise drawn on
+  the device, clipping, AdamW, EMA), the batch placed with ``make_array_from_process_local_data``.
+* ``torch_eager`` and ``torch_compile``: diffusers' ``UNet2DModel`` with the same widths, blocks, attention
+  levels, GroupNorm and dropout (the parameter counts are equal for every preset; each row has its own), eager
+  or with ``torch.compile``, bf16 autocast when ``--dtype bfloat16``, a cosine schedule, the same noise (cloud
+  noise from the same spectrum), clipping, AdamW (fused on CUDA) and EMA.
 
-Images/s is ``batch · steps / seconds`` over ``--steps`` steps after ``--warmup`` (compile) steps, the last result
-fetched to the host. MFU is ``flops per step / step time / peak``, with the flops of the compiled cloudjax step
-(XLA's cost analysis) for both frameworks — same network, same useful work — and the dense bf16 peak of the
-device (no MFU for unknown devices or the CPU). torch and diffusers are optional benchmark dependencies
-(``pip install torch diffusers``), imported here only; without them the PyTorch rows are skipped with a note.
-Prints one JSON object per row and writes ``{"rows": [...]}`` to ``--out``.
+Each core setting (``--cores 1 all``: one core pinned with taskset, every core) runs in a worker process of its
+own; inside it the frameworks are timed in turns (A B C A B C ..., ``--turns``), ``--steps`` steps a turn after
+a warm-up (compile), so a shared machine's load hits all alike; rows give the median images/s over the turns
+and every turn's value, and ``ratios`` cloudjax over the faster PyTorch variant. The load average is recorded
+with the machine. torch and diffusers are optional benchmark dependencies (``pip install torch diffusers``);
+without them the PyTorch rows are skipped with a note. Writes ``results/train_throughput_<device>.json``.
 """
 
 from __future__ import annotations
@@ -26,41 +26,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
-import jax
+import _harness as H  # benchmarks/_harness.py
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-import cloudjax as cj
-from cloudjax.data import BatchIterator, open_source
-from cloudjax.train import TrainConfig, init_state, make_mesh, make_train_step
-
-RESULTS = Path(__file__).parent / "results"
-
-# Dense bf16 peak FLOP/s per device, matched in order against the device name.
-PEAK_BF16 = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12),
-    ("TPU v6", 918e12),
-)
 
 
-def peak_flops(device: str) -> float | None:
-    return next((peak for name, peak in PEAK_BF16 if name.lower() in device.lower()), None)
-
-
-def batches(source: str, config: TrainConfig, data_dir: str | None):
+def batches(source: str, config, data_dir: str | None):
     """Endless host batches ``(B, H, W, C)`` in [0, 1]: one fixed random batch, or Fashion-MNIST."""
+    from cloudjax.data import BatchIterator, open_source
+
     shape = (config.batch_size, config.image_size, config.image_size, config.channels)
     if source == "synthetic":
         return itertools.repeat(np.random.default_rng(0).uniform(size=shape).astype(np.float32))
@@ -69,38 +46,37 @@ def batches(source: str, config: TrainConfig, data_dir: str | None):
 
 
 def noise_model(delta: float):
+    import cloudjax as cj
+
     return cj.PowerLawNoise(delta) if delta > 0 else cj.WhiteNoise()
 
 
 # ---------------------------------------------------------------------------------------------- cloudjax
 
 
-def compile_cloudjax(config: TrainConfig, delta: float) -> dict:
-    """The trainer's compiled ``step`` on a mesh over every device, a fresh ``state``, ``place`` (host batch →
-    global array) and ``flops``: XLA's count for one step of the compiled (per-device) program."""
+def cloudjax_trainer(config, delta: float, feed) -> tuple:
+    """``(step, params)``: ``step()`` runs one train step of the trainer's compiled program on the next batch and
+    returns its metrics (the state, donated each step, is carried in the closure)."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    import cloudjax as cj
+    from cloudjax.train import init_state, make_mesh, make_train_step
+
     mesh = make_mesh()
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_state(config, replicated)
-    step = make_train_step(graphdef, cj.GaussianDiffusion(noise_model(delta)), config, mesh)
-    place = lambda b: jax.make_array_from_process_local_data(data, b)
-    example = place(np.zeros((config.batch_size, config.image_size, config.image_size, config.channels), np.float32))
-    cost = step.lower(state, example, jax.random.key(0)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return dict(step=step, state=state, place=place, flops=float(cost.get("flops", 0.0)) or None)
+    train_step = make_train_step(graphdef, cj.GaussianDiffusion(noise_model(delta)), config, mesh)
+    box, key, count = [state], jax.random.key(0), itertools.count()
 
+    def step():
+        batch = jax.make_array_from_process_local_data(data, next(feed))
+        box[0], metrics = train_step(box[0], batch, jax.random.fold_in(key, next(count)))
+        return metrics
 
-def run_cloudjax(compiled: dict, batches, steps: int, warmup: int) -> dict:
-    """Time ``steps`` steps after ``warmup``; the state (donated each step) is carried on in ``compiled``."""
-    step, place, key = compiled["step"], compiled["place"], jax.random.key(0)
-    for i in range(warmup + steps):
-        if i == warmup:
-            jax.block_until_ready(compiled["state"])
-            start = time.perf_counter()
-        compiled["state"], metrics = step(compiled["state"], place(next(batches)), jax.random.fold_in(key, i))
-    float(metrics["loss"])  # waits for the device
-    seconds = time.perf_counter() - start
-    params = sum(x.size for x in jax.tree.leaves(compiled["state"].params))
-    return dict(device=jax.devices()[0].device_kind, params=int(params), seconds_per_step=seconds / steps)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    return step, lambda metrics: float(metrics["loss"]), int(params), jax.devices()[0].device_kind
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
@@ -135,6 +111,8 @@ def torch_noise(delta: float, shape: tuple[int, ...], device, pad: int = 3):
     """
     import torch
 
+    import cloudjax as cj
+
     if delta == 0:
         return lambda: torch.randn(shape, device=device)
     H, W = shape[-2:]
@@ -151,10 +129,18 @@ def torch_noise(delta: float, shape: tuple[int, ...], device, pad: int = 3):
     return sample
 
 
-def run_pytorch(config: TrainConfig, delta: float, batches, steps: int, warmup: int) -> dict:
+def torch_device() -> str:
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_trainer(config, delta: float, feed, compiled: bool) -> tuple:
+    """Like :func:`cloudjax_trainer` for diffusers' UNet, eager or ``torch.compile``-d."""
+    import torch
+
+    torch.manual_seed(0)
+    device = torch_device()
     cfg = config.unet_config()
     model = torch_unet(cfg, config.image_size).to(device).train()
     params = list(model.parameters())
@@ -162,7 +148,6 @@ def run_pytorch(config: TrainConfig, delta: float, batches, steps: int, warmup: 
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=device == "cuda")
     noise = torch_noise(delta, (config.batch_size, cfg.channels, config.image_size, config.image_size), device)
 
-    @torch.compile  # the noise is drawn outside: inductor generates no code for complex (FFT) products
     def loss_fn(x0, eps):
         t = torch.rand(x0.shape[0], device=device)
         alpha, sigma = torch.cos(t * torch.pi / 2).view(-1, 1, 1, 1), torch.sin(t * torch.pi / 2).view(-1, 1, 1, 1)
@@ -170,8 +155,11 @@ def run_pytorch(config: TrainConfig, delta: float, batches, steps: int, warmup: 
             pred = model(alpha * x0 + sigma * eps, t * 1000).sample
         return torch.mean((pred.float() - eps) ** 2)
 
-    def step(batch):
-        x0 = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device, non_blocking=True)
+    if compiled:  # the noise is drawn outside: inductor generates no code for complex (FFT) products
+        loss_fn = torch.compile(loss_fn)
+
+    def step():
+        x0 = torch.from_numpy(np.ascontiguousarray(next(feed).transpose(0, 3, 1, 2))).to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(x0, noise())
         loss.backward()
@@ -181,77 +169,96 @@ def run_pytorch(config: TrainConfig, delta: float, batches, steps: int, warmup: 
             torch._foreach_lerp_(ema, params, 1 - config.ema_decay)
         return loss
 
-    for _ in range(warmup):
-        step(next(batches)).item()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step(next(batches))
-    loss.item()  # waits for the device
-    seconds = time.perf_counter() - start
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return dict(device=name, params=sum(p.numel() for p in params), seconds_per_step=seconds / steps)
+    return step, lambda loss: loss.item(), sum(p.numel() for p in params), name
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["small", "base"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    parser.add_argument("--delta", type=float, default=1.5, help="cloud noise Δ (0: white noise)")
-    parser.add_argument("--frameworks", nargs="+", choices=["cloudjax", "pytorch"], default=["cloudjax", "pytorch"])
-    parser.add_argument("--inputs", nargs="+", choices=["synthetic", "fashion_mnist"], default=None)
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 16 px, batch 8, 3 steps: a CPU check")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be >= 1")
-    if args.quick:
-        args.presets, args.sizes, args.batch_size, args.steps, args.warmup = ["tiny"], [16], 8, 3, 1
-    inputs = args.inputs or ["synthetic", "fashion_mnist"]
-    out = args.out or RESULTS / ("train_throughput_quick.json" if args.quick else "train_throughput.json")
+def worker(args) -> None:
+    """One core setting: every (preset, size), the frameworks timed in turns; one JSON row per framework."""
+    from cloudjax.train import TrainConfig
 
-    rows = []
+    if args.cores == ["1"]:
+        import torch
+
+        torch.set_num_threads(1)
+    builders = {"cloudjax": lambda c, f: cloudjax_trainer(c, args.delta, f)}
+    for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+        if name in args.frameworks:
+            builders[name] = lambda c, f, compiled=compiled: torch_trainer(c, args.delta, f, compiled)
     for preset, size in itertools.product(args.presets, args.sizes):
         config = TrainConfig(model=preset, image_size=size, batch_size=args.batch_size, dtype=args.dtype)
-        compiled = compile_cloudjax(config, args.delta)
-        for framework, source in itertools.product(args.frameworks, inputs):
+        candidates, info = {}, {}
+        for name, build in builders.items():
             try:
-                feed = batches(source, config, args.data_dir)
-                if framework == "cloudjax":
-                    result = run_cloudjax(compiled, feed, args.steps, args.warmup)
-                else:
-                    result = run_pytorch(config, args.delta, feed, args.steps, args.warmup)
+                step, sync, params, device = build(config, batches(args.input, config, args.data_dir))
             except (ImportError, ValueError) as e:  # no torch / diffusers, no Fashion-MNIST files
-                print(json.dumps({"skipped": f"{framework} {preset} {size}px {source}: {e}"}), flush=True)
+                print(json.dumps({"skipped": f"{name} {preset} {size}px: {e}"}), flush=True)
                 continue
-            peak, flops = peak_flops(result["device"]), compiled["flops"]
+            tic = time.perf_counter()
+            for _ in range(args.warmup):
+                sync(step())
+            info[name] = dict(params=params, device=device, warmup_seconds=round(time.perf_counter() - tic, 2))
+            candidates[name] = H.timed(step, args.steps, sync)
+        times = H.interleaved(candidates, args.turns)
+        for name, seconds in times.items():
             row = dict(
-                device=result["device"],
-                framework=framework,
+                framework=name,
                 preset=preset,
                 image_size=size,
                 batch_size=args.batch_size,
                 dtype=args.dtype,
-                input=source,
+                cores=args.cores[0],
+                threads=H.threads(),
+                input=args.input,
                 noise=f"cloud delta={args.delta}" if args.delta > 0 else "white",
-                params=result["params"],
-                step_ms=round(1000 * result["seconds_per_step"], 3),
-                images_per_second=round(args.batch_size / result["seconds_per_step"], 1),
-                flops_per_step=flops,
-                mfu=None if not (peak and flops) else round(flops / result["seconds_per_step"] / peak, 4),
+                **info[name],
+                images_per_second=round(args.batch_size / H.median(seconds), 2),
+                turns_images_per_second=[round(args.batch_size / s, 2) for s in seconds],
+                load_average=round(os.getloadavg()[0], 2),
             )
-            rows.append(row)
             print(json.dumps(row), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"jax": jax.__version__, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[16, 32])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--delta", type=float, default=0.0, help="cloud noise Δ (0: white noise)")
+    parser.add_argument("--frameworks", nargs="+", default=["cloudjax", "torch_eager", "torch_compile"])
+    parser.add_argument("--input", choices=["synthetic", "fashion_mnist"], default="synthetic")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
+    parser.add_argument("--cores", nargs="+", default=["1", "all"], help="core settings: 1 (pinned), all")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per turn")
+    parser.add_argument("--turns", type=int, default=3, help="turns per framework (A B C A B C ...)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
+    parser.add_argument("--quick", action="store_true", help="tiny at 16 px, batch 8, eager torch: a smoke run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if min(args.steps, args.turns, args.warmup) < 1:
+        parser.error("--steps, --turns and --warmup must be >= 1")
+    if args.quick:
+        args.presets, args.sizes, args.batch_size, args.steps, args.turns, args.warmup = ["tiny"], [16], 8, 1, 2, 1
+        args.frameworks = [f for f in args.frameworks if f != "torch_compile"]  # compiling takes minutes on a CPU
+    if args.worker:
+        return worker(args)
+    argv = ["--presets", *args.presets, "--sizes", *map(str, args.sizes), "--frameworks", *args.frameworks]
+    for name in ("batch_size", "dtype", "delta", "input", "steps", "turns", "warmup") + ("data_dir",) * bool(
+        args.data_dir
+    ):
+        argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    meta = dict(H.machine(), load_average_start=os.getloadavg())
+    rows = H.run_workers(__file__, argv, args.cores)
+    meta["load_average_end"] = os.getloadavg()
+    device = "cpu" if all(r["device"] == "cpu" for r in rows) else rows[0]["device"].replace(" ", "_")
+    out = args.out or H.RESULTS / f"train_throughput_{device}{'_quick' if args.quick else ''}.json"
+    summary = H.ratios(rows, ("preset", "image_size", "cores"), "images_per_second")
+    H.write(out, meta, rows, summary)
 
 
 if __name__ == "__main__":

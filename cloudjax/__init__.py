@@ -1,10 +1,16 @@
 """cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
 
+from cloudjax import registry
+from cloudjax.blurring import BlurringDiffusion, blurring_oracle
+from cloudjax.cold import ColdDiffusion, MeanPrior
+from cloudjax.degradations import Decolorize, Downsample, GaussianBlur, GaussianMask
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
 from cloudjax.models import UNet, UNetConfig
 from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
+from cloudjax.process import ForwardProcess, NoiseModel, Schedule
 from cloudjax.samplers import sample
+from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
 from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
 from cloudjax.stats import (

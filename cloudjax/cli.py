@@ -7,7 +7,10 @@ Each subcommand is a ``_cmd_<name>(args)`` function registered in :func:`build_p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from cloudjax import registry
 
 
 class UsageError(Exception):
@@ -191,7 +194,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from cloudjax.plots import save_image_grid
     from cloudjax.train import generate, load_run
 
-    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
+    if args.num < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
         raise UsageError(
             f"--num, --steps and --batch-size must be >= 1, got {args.num}, {args.steps} and {args.batch_size}"
         )
@@ -202,6 +205,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         run, graphdef, state = load_run(args.workdir, step=args.checkpoint)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
+    if run.config.process == "cold" and (args.restore or not run.config.generation):
+        return _sample_restorations(args, run, graphdef, state)
+    if args.restore or args.data:
+        raise UsageError("--restore and --data apply to cold runs")
     stem.parent.mkdir(parents=True, exist_ok=True)
     c = run.config
     batch = min(args.batch_size, args.num)
@@ -219,7 +226,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 grid.append(x[: GRID_MAX - sum(map(len, grid))])
             yield x
 
-    info = dict(step=int(state.step), seed=args.seed, method=args.method, steps=args.steps, t_start=args.t_start)
+    process = run.diffusion
+    method = args.method or registry.samplers_for(process.kind)[0]
+    steps = args.steps or getattr(process, "steps", 50)
+    info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=args.t_start)
     _write_npz(stem.with_suffix(".npz"), batches(), (args.num, c.image_size, c.image_size, c.channels), info)
     save_image_grid(np.concatenate(grid), stem.with_suffix(".png"))
     print(f"{args.num} samples of step {info['step']} → {stem}.png, {stem}.npz")
@@ -229,6 +239,39 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 GRID_MAX = 256  # images in the PNG grid of `sample`
 
 
+def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
+    """A cold run: --num images of --data (default the run's; pass held-out data) degraded and restored →
+    OUT.png, one row per image: degraded | direct | Algorithm 1 | Algorithm 2 | original; OUT.npz by name."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from cloudjax.data import open_source
+    from cloudjax.plots import save_image_grid
+    from cloudjax.train import RESTORATIONS, restore
+
+    c = run.config
+    if args.method is not None:
+        raise UsageError("--method does not apply to restorations (they show direct, Algorithm 1 and Algorithm 2)")
+    try:
+        source = open_source(args.data or c.data, c.image_size, c.channels, c.data_dir, c.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    num = min(args.num, source.num_examples)
+    idx = np.sort(np.random.default_rng(args.seed).permutation(source.num_examples)[:num])
+    out = restore(run, graphdef, state.ema, source.get(idx), args.steps)
+    stem = Path(args.out).with_suffix("") if Path(args.out).suffix in (".png", ".npz") else Path(args.out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(
+        np.stack([out[name] for name in RESTORATIONS], axis=1).reshape(-1, *out["original"].shape[1:]),
+        stem.with_suffix(".png"),
+        ncols=len(RESTORATIONS),
+    )
+    np.savez(stem.with_suffix(".npz"), step=int(state.step), seed=args.seed, **out)
+    print(f"{num} images restored by step {int(state.step)} ({' | '.join(RESTORATIONS)}) → {stem}.png, {stem}.npz")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Fit Δ on natural patches, train a white and a cloud tiny model, sample both, write a report folder."""
     from cloudjax.demo import run_demo
@@ -236,16 +279,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.steps < 1:
         raise UsageError(f"--minutes must be > 0 and --steps >= 1, got {args.minutes} and {args.steps}")
     summary = run_demo(args.out, steps=args.steps, minutes=args.minutes, quick=args.quick, seed=args.seed)
-    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f})")
+    steps = f"{summary['white']['steps']} white / {summary['cloud']['steps']} cloud steps"
+    print(f"report → {args.out}/summary.md (Δ = {summary['delta']:.3f}, {steps})")
     return 0
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="run folder: run.json, checkpoints/, metrics.jsonl, samples/")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey (default), 3 RGB")
-    p.add_argument("--noise", choices=("white", "cloud"), default=None, help="noise model (default white)")
+    p.add_argument("--noise", choices=registry.NOISES, default=None, help="noise model (default white)")
     p.add_argument("--delta", type=float, default=None, help="cloud noise exponent Δ (default: fitted on the data)")
-    p.add_argument("--model", choices=("tiny", "small", "base"), default=None, help="UNet preset (default small)")
+    p.add_argument("--model", choices=registry.MODELS, default=None, help="UNet preset (default small)")
     p.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the preset's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="computation dtype")
     p.add_argument("--steps", type=int, default=None, help="total steps to reach (resumes below it)")
@@ -260,12 +304,42 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.999)")
     p.add_argument(
         "--schedule",
-        choices=("cosine", "offset_cosine", "linear", "calibrated"),
+        choices=registry.SCHEDULES,
         default=None,
         help="noise schedule (calibrated: cosine with the SNR matched to white noise on the data)",
     )
-    p.add_argument("--prediction", choices=("eps", "x0", "v"), default=None, help="network target (default eps)")
-    p.add_argument("--loss-weighting", choices=("pixel", "mahalanobis", "min_snr"), default=None, help="loss norm")
+    p.add_argument("--prediction", choices=registry.PREDICTIONS, default=None, help="network target (default eps)")
+    losses = dict.fromkeys(name for names in registry.LOSSES.values() for name in names)
+    p.add_argument(
+        "--loss-weighting",
+        choices=losses,
+        default=None,
+        help="loss: a norm (l2 = pixel, mahalanobis; l1 for cold), +min_snr for a time weight (default pixel; cold l1)",
+    )
+    p.add_argument("--process", choices=registry.PROCESSES, default=None, help="forward process (default gaussian)")
+    p.add_argument(
+        "--degradation", choices=registry.DEGRADATIONS, default=None, help="cold: what D(x0, t) does (default blur)"
+    )
+    p.add_argument(
+        "--degradation-steps",
+        type=int,
+        default=None,
+        help="cold: T (defaults, the anchor's: blur 20, mask 50, downsample log2(size/4), decolor 20)",
+    )
+    p.add_argument("--blur-routine", choices=registry.BLUR_ROUTINES, default=None, help="blur stds per step")
+    p.add_argument("--blur-std", type=float, default=None, help="blur std in px (default 7·size/28, constant)")
+    p.add_argument("--blur-kernel", type=int, default=None, help="blur kernel side (default ≈ 11·size/28, odd)")
+    p.add_argument("--blur-padding", choices=("circular", "reflect"), default=None, help="blur padding")
+    p.add_argument("--mask-std", type=float, default=None, help="mask: σ_i = std·(i + initial) (default 0.1·size/32)")
+    p.add_argument("--mask-initial", type=float, default=None, help="mask: initial of σ_i (default 11)")
+    p.add_argument(
+        "--generation",
+        action="store_true",
+        default=None,
+        help="cold blur: last step to the per-channel mean, fit a Gaussian mixture to the means to generate",
+    )
+    p.add_argument("--gmm-components", type=int, default=None, help="generation: mixture components (default 1)")
+    p.add_argument("--levels", type=int, default=None, help="scale_space: resolution levels (default 4)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")
@@ -273,6 +347,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-process: this process's index")
+
+
+def _compile_cache(off: bool) -> None:
+    """JAX's persistent compilation cache (:mod:`cloudjax.compile_cache`); ``off`` also for what this process starts."""
+    from cloudjax.compile_cache import ENV_VAR, enable_compile_cache
+
+    if off:
+        os.environ[ENV_VAR] = "off"
+    enable_compile_cache()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,8 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="the run folder written by train")
     p.add_argument("--out", required=True, help="output path; writes OUT.png and OUT.npz")
     p.add_argument("--num", type=int, default=64, help="number of samples")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps")
-    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++2m"), default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; cold: T)")
+    p.add_argument("--method", choices=registry.SAMPLERS, default=None, help="sampler (default ddim; cold: cold)")
+    p.add_argument(
+        "--restore",
+        action="store_true",
+        help="cold runs: restore --num degraded images of --data instead of generating (always, for runs that do "
+        "not generate): OUT.png rows degraded | direct | Algorithm 1 | Algorithm 2 | original",
+    )
+    p.add_argument("--data", default=None, help="images to restore (default: the run's data; pass held-out data)")
     p.add_argument("--t-start", type=float, default=1.0, help="start time in (0, 1] (the author used 0.95 for cloud)")
     p.add_argument("--checkpoint", type=int, default=None, help="checkpoint step (default: the newest that verifies)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (memory does not grow with --num)")
@@ -302,10 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")
     p.add_argument("--minutes", type=float, default=7.0, help="time budget of the whole demo (training stops early)")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per model (stops early at --minutes)")
+    p.add_argument("--steps", type=int, default=20_000, help="training steps per model (stops early at --minutes)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values():
+        p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     return parser
 
 
@@ -313,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _compile_cache(args.no_compile_cache)
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from cloudjax.train import TrainConfig, generate, load_run, train
 __all__ = ["run_demo"]
 
 
-def run_demo(out: str | Path, steps: int = 3000, minutes: float = 7.0, quick: bool = False, seed: int = 0) -> dict:
+def run_demo(out: str | Path, steps: int = 20_000, minutes: float = 7.0, quick: bool = False, seed: int = 0) -> dict:
     """Fit Δ on natural patches, train a white and a cloud ``tiny`` model, sample both, write a report.
 
     ``out`` receives stats.json, fit.png, noise.png (the Δ fit), ``white/`` and ``cloud/`` (runs),

@@ -7,32 +7,39 @@ step-by-step noising because a sum of independent N(0, Σ) draws is again N(0, c
 Predictions. A network may predict ε, x0 or v = α ε − σ x0 (Salimans & Ho); each determines the other two
 given x_t: ``x_t = α x0 + σ ε`` and ``(α² + σ²) x0 = α x_t − σ v``, ``(α² + σ²) ε = σ x_t + α v``.
 
-Losses (mean over pixels, so noises and image sizes share one scale; for a zero ε prediction every
-weighting gives 1 per pixel). With e the prediction error:
+Losses: a norm of the prediction error e, optionally times a weight per t, named ``NORM`` or
+``NORM+WEIGHTING`` (``"l2"``, ``"mahalanobis+min_snr"``, …; ``"pixel"`` and ``"min_snr"`` are the older names
+of ``"l2"`` and ``"l2+min_snr"``). Norms (:func:`error_norm`; mean over pixels, so noises and image sizes share
+one scale; for a zero ε prediction ``l2`` and ``mahalanobis`` give 1 per pixel):
 
-* ``"pixel"``: mean e².
+* ``"l2"``: mean e².
+* ``"l1"``: mean |e| (Cold Diffusion's; Gaussian processes take the two squared norms, which their ELBO gives).
 * ``"mahalanobis"``: the error whitened by the noise covariance, ``mean |Σ^{-1/2} e|²`` — in Π space
   ``(Π e)² / fourier_variance`` and, for colour noise, ``eᵀ channel_cov⁻¹ e`` per mode. This is the
   ELBO-consistent norm for coloured noise: every KL term of the ELBO compares two Gaussians q(x_s | x_t, x0)
   and p(x_s | x_t) with the same covariance c Σ, so it is ½ ‖μ_q − μ_p‖² in the Σ⁻¹ metric, and μ_q − μ_p is
   a scalar multiple of the x0 (or ε, or v) error. It is the author's loss Σ |k|^{2Δ} (Π e)² normalised.
-  For white noise it equals ``"pixel"``. (The ELBO's per-t weights are dropped, as in the simple loss.)
-* ``"min_snr"``: pixel MSE with Min-SNR-γ weights (Hang et al. 2023): the x0-space error weighted by
-  min(SNR, γ), SNR = α²/σ², i.e. ``min(SNR, γ) / SNR`` on ε errors and ``min(SNR, γ) / (SNR + 1)`` on v errors.
+  For white noise it equals ``"l2"``. (The ELBO's per-t weights are dropped, as in the simple loss.)
+
+Time weightings: none, or ``"min_snr"``, Min-SNR-γ (Hang et al. 2023): the x0-space error weighted by
+min(SNR, γ), SNR = α²/σ², i.e. ``min(SNR, γ) / SNR`` on ε errors and ``min(SNR, γ) / (SNR + 1)`` on v errors.
+
+:class:`GaussianDiffusion` implements :class:`cloudjax.process.ForwardProcess` (``kind = "gaussian"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cloudjax import registry
 from cloudjax.noise import WhiteNoise
-from cloudjax.schedules import get_schedule
+from cloudjax.schedules import get_schedule, time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
 __all__ = [
@@ -42,17 +49,17 @@ __all__ = [
     "to_x0_eps",
     "from_x0_eps",
     "whiten",
+    "error_norm",
     "gaussian_oracle",
     "gaussian_oracle_loss",
 ]
 
-PREDICTIONS = ("eps", "x0", "v")
-LOSS_WEIGHTINGS = ("pixel", "mahalanobis", "min_snr")
+PREDICTIONS = registry.PREDICTIONS
+LOSS_WEIGHTINGS = registry.LOSSES["gaussian"]
 
 
 def _check_prediction(prediction: str) -> None:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    registry.check("prediction", prediction, PREDICTIONS)
 
 
 def to_x0_eps(prediction: str, out: jnp.ndarray, x_t: jnp.ndarray, alpha, sigma) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -72,11 +79,11 @@ def from_x0_eps(prediction: str, x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma
     return {"eps": lambda: eps, "x0": lambda: x0, "v": lambda: alpha * eps - sigma * x0}[prediction]()
 
 
-def check_output(out, x_t, name: str = "denoise_fn"):
-    """The network output ``out`` as float32 after checking, at trace time, that it is a real array of x_t's
-    shape (a wrong shape would otherwise broadcast or truncate silently); ``ValueError`` naming ``name``."""
-    if jnp.shape(out) != jnp.shape(x_t):
-        raise ValueError(f"{name} must return an array of x_t's shape {jnp.shape(x_t)}, got {jnp.shape(out)}")
+def check_output(out, shape, name: str = "denoise_fn"):
+    """The network output ``out`` as float32 after checking, at trace time, that it is a real array of ``shape``
+    (a wrong shape would otherwise broadcast or truncate silently); ``ValueError`` naming ``name``."""
+    if jnp.shape(out) != tuple(shape):
+        raise ValueError(f"{name} must return an array of shape {tuple(shape)} (x_t's), got {jnp.shape(out)}")
     if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
         raise ValueError(f"{name} must return real floating-point values, got dtype {jnp.result_type(out)}")
     return jnp.asarray(out).astype(jnp.float32)
@@ -100,7 +107,8 @@ def _per_example(t: jnp.ndarray, ndim: int) -> jnp.ndarray:
 
 @struct.dataclass
 class GaussianDiffusion:
-    """Diffusion ``x_t = α_t x0 + σ_t ε`` with ε from ``noise``; a frozen pytree (``noise`` is its only node).
+    """Diffusion ``x_t = α_t x0 + σ_t ε`` with ε from ``noise``; a frozen pytree (``noise`` is its only node)
+    and a :class:`~cloudjax.process.ForwardProcess` of kind ``"gaussian"``.
 
     Attributes:
       noise: noise model with ``sample(key, shape)`` and ``fourier_variance(H, W)`` (``WhiteNoise``,
@@ -108,9 +116,13 @@ class GaussianDiffusion:
       schedule: a name (``"cosine"``, ``"offset_cosine"``, ``"linear"``) or a schedule object from
         :mod:`cloudjax.schedules` (e.g. ``calibrated_schedule(...)``); stored resolved to an object.
       prediction: what the network predicts, ``"eps"``, ``"x0"`` or ``"v"``.
-      loss_weighting: ``"pixel"``, ``"mahalanobis"`` or ``"min_snr"`` (see the module docstring).
+      loss_weighting: the loss, a name in ``registry.LOSSES["gaussian"]``: a norm ``"l2"`` (alias ``"pixel"``) or
+        ``"mahalanobis"``, optionally ``+min_snr`` (``"min_snr"`` = ``"l2+min_snr"``); see the module
+        docstring (the ``"l1"`` norm is Cold Diffusion's). Read back as :attr:`norm` and :attr:`time_weighting`.
       min_snr_gamma: γ of the min-SNR weighting.
     """
+
+    kind: ClassVar[str] = "gaussian"
 
     noise: Any = struct.field(default_factory=WhiteNoise)
     schedule: Any = struct.field(pytree_node=False, default="cosine")
@@ -121,10 +133,19 @@ class GaussianDiffusion:
     def __post_init__(self):
         object.__setattr__(self, "schedule", get_schedule(self.schedule))
         _check_prediction(self.prediction)
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        registry.check("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         if not self.min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
+
+    @property
+    def norm(self) -> str:
+        """The loss's norm: ``"l2"``, ``"mahalanobis"`` or ``"l1"``."""
+        return registry.parse_loss(self.loss_weighting)[0]
+
+    @property
+    def time_weighting(self) -> str:
+        """The loss's time weighting: ``"none"`` or ``"min_snr"``."""
+        return registry.parse_loss(self.loss_weighting)[1]
 
     def alpha_sigma(self, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(α_t, σ_t) for t in [0, 1], each of t's shape."""
@@ -157,7 +178,7 @@ class GaussianDiffusion:
     def time_weight(self, t: jnp.ndarray) -> jnp.ndarray:
         """Per-example loss weight at t: 1, or the min-SNR-γ weight expressed on this prediction's error."""
         t = jnp.asarray(t, jnp.float32)
-        if self.loss_weighting != "min_snr":
+        if self.time_weighting != "min_snr":
             return jnp.ones_like(t)
         alpha, sigma = self.alpha_sigma(t)
         snr = alpha**2 / sigma**2
@@ -165,10 +186,9 @@ class GaussianDiffusion:
         return {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1.0)}[self.prediction]
 
     def squared_error(self, err: jnp.ndarray) -> jnp.ndarray:
-        """Per-example mean squared error ``(B,)`` of ``err`` ``(B, H, W, C)`` in this diffusion's norm."""
-        if self.loss_weighting == "mahalanobis":
-            err = whiten(self.noise, err)
-        return jnp.mean(err**2, axis=tuple(range(1, err.ndim)))
+        """Per-example error ``(B,)`` of ``err`` ``(B, H, W, C)`` in this diffusion's norm (:func:`error_norm`;
+        a mean squared error except for ``"l1"``)."""
+        return error_norm(self.norm, err, self.noise)
 
     def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
         """Scalar training loss for a batch x0 ``(B, H, W, C)``; ``apply_fn(x_t, t)`` returns the prediction.
@@ -184,8 +204,49 @@ class GaussianDiffusion:
         t = jnp.mod(jax.random.uniform(key_t, (), jnp.float32) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
         eps = self.noise.sample(key_eps, x0.shape)
         x_t = self.q_sample(None, x0, t, noise=eps)
-        err = check_output(apply_fn(x_t, t), x_t, "apply_fn") - self.target(x0, eps, t)
+        err = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn") - self.target(x0, eps, t)
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
+
+    # The sampler's side of the ForwardProcess interface (see cloudjax.process).
+
+    def stages(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> tuple[np.ndarray]:
+        """One stage: ``steps`` uniform steps from t_start to t_end (:func:`cloudjax.schedules.time_grid`)."""
+        return (time_grid(steps, t_start, t_end),)
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        """The images' shape (one stage)."""
+        return tuple(shape)
+
+    def coefficients(self, ts: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(α, σ) at each time of ``ts``."""
+        return self.alpha_sigma(ts)
+
+    def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``σ_start ε`` with ε = ``init`` (of ``shape``) or a noise-model draw: the noise part of the marginal
+        ``α x0 + σ ε``; its data part has mean α E[x0] = 0 for normalised data and is dropped."""
+        if init is None:
+            return at_start[1] * self.noise.sample(key, shape)
+        if jnp.shape(init) != tuple(shape):
+            raise ValueError(f"init_noise must have shape {tuple(shape)}, got {jnp.shape(init)}")
+        return at_start[1] * init
+
+    def predict(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(x̂0, ε̂) from the network output (same as :meth:`to_x0_eps`)."""
+        return self.to_x0_eps(out, x_t, t)
+
+    def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
+        """x̂0 at the last time, or the state itself where σ = 0 there (it is clean)."""
+        return jnp.where(at_end[1] > 0, x0, x)
+
+
+def error_norm(norm: str, err: jnp.ndarray, noise=None) -> jnp.ndarray:
+    """Per-example error ``(B,)`` of ``err`` ``(B, H, W, C)`` in ``norm``: ``"l2"`` mean e², ``"l1"`` mean |e|,
+    ``"mahalanobis"`` mean (Σ^{-1/2} e)² for ``noise``'s Σ (:func:`whiten`)."""
+    registry.check("norm", norm, registry.NORMS)
+    if norm == "mahalanobis":
+        err = whiten(noise, err)
+    err = jnp.abs(err) if norm == "l1" else err**2
+    return jnp.mean(err, axis=tuple(range(1, err.ndim)))
 
 
 def _noise_fourier_std(noise, shape: tuple[int, ...]) -> np.ndarray:
@@ -256,7 +317,7 @@ def gaussian_oracle_loss(
 
     Per Π mode the oracle's x0 error has variance ``V = C σ² N / (α² C + σ² N)``; the ε error is −α/σ times the
     x0 error and the v error −(α² + σ²)/σ times it. The loss at t is the weighting's mean of those variances
-    (divided by N for ``"mahalanobis"``) times ``time_weight(t)``.
+    (divided by N for the ``"mahalanobis"`` norm) times ``time_weight(t)``.
 
     Args:
       diffusion: the process.
@@ -274,6 +335,6 @@ def gaussian_oracle_loss(
     alpha, sigma = diffusion.alpha_sigma(t_flat)
     V = C * sigma**2 * N / (alpha**2 * C + sigma**2 * N)
     gain = {"x0": 1.0, "eps": alpha / sigma, "v": (alpha**2 + sigma**2) / sigma}[diffusion.prediction]
-    per_mode = gain**2 * V / (N if diffusion.loss_weighting == "mahalanobis" else 1.0)
+    per_mode = gain**2 * V / (N if diffusion.norm == "mahalanobis" else 1.0)
     losses = diffusion.time_weight(t_flat[:, 0, 0, 0]) * jnp.mean(per_mode, axis=(1, 2, 3))
     return jnp.mean(losses) if t is None else losses.reshape(jnp.shape(ts))

@@ -1,4 +1,8 @@
-"""Samplers for :class:`~cloudjax.diffusion.GaussianDiffusion` over any noise model: DDIM, DDPM, DPM-Solver++(2M).
+"""One sampler loop for every forward process (:mod:`cloudjax.process`), and the step rules by name.
+
+Gaussian processes (:class:`~cloudjax.diffusion.GaussianDiffusion`, any noise model): DDIM, DDPM,
+DPM-Solver++(2M). Cold processes (:class:`~cloudjax.cold.ColdDiffusion`): Cold Diffusion's Algorithms 1 and 2
+and the one-shot reconstruction.
 
 Why they hold for correlated (cloud) noise. The forward process is ``x_t = α_t x0 + σ_t ε`` with ε ~ N(0, Σ).
 Its posterior ``q(x_s | x_t, x0)`` (s < t) is Gaussian with mean ``α_s x0 + √(σ_s² − σ̃²) ε`` and covariance
@@ -7,7 +11,7 @@ N(0, cΣ) is closed under the linear combinations involved. Every update below i
 the prediction x̂0 (equivalently ε̂) and fresh noise drawn from the *same* noise model, so each step keeps the
 noise part of x_s distributed as N(0, σ_s² Σ) and nothing here assumes Σ = I.
 
-Methods (registry :data:`METHODS`, name → step function):
+Methods (:data:`METHODS`, name → :class:`Sampler`; which process kinds each drives is ``registry.SAMPLERS``):
 
 * ``"ddim"`` (Song et al.): ``x_s = α_s x̂0 + a ε̂ + b z`` with z a fresh noise-model draw,
   ``σ_η = η σ̃``, ``a = √(σ_s² − σ_η²) cos(sπ/2)``, ``b = √(σ_s² − a²)``. η = 0 is the deterministic
@@ -19,11 +23,17 @@ Methods (registry :data:`METHODS`, name → step function):
   ``D = x̂0 + (h / 2h_prev)(x̂0 − x̂0_prev)``; first order (D = x̂0) on the first step, which has no history,
   and on the last, whose λ step into t ≈ 0 is too long to extrapolate over (Lu et al.'s "lower order final").
 
-Start. At ``t_start`` the state is ``x = σ_start ε``, ε from the noise model: the noise part of the marginal
-``α x0 + σ ε``; its data part has mean α E[x0] = 0 for normalised data and is dropped (for t_start = 1 it is
-≤ α_1 ≈ 0.0006 of the signal with the cosine schedule; the author started cloud sampling at t = 0.95).
-End. After the last step the sampler calls the denoiser once more at ``t_end`` and returns x̂0 (x itself
-where σ(t_end) = 0): ``steps + 1`` network evaluations.
+* ``"cold"`` (Cold Diffusion's Algorithm 2): ``x_s = x_t − D(x̂0, t) + D(x̂0, s)``. An error δ in x̂0 that D
+  keeps (a smooth one, under blur) cancels between the two terms, so the result stays near D's orbit of x0.
+* ``"cold_naive"`` (Algorithm 1): ``x_s = D(x̂0, s)``.
+* ``"direct"``: one step T → 0 of either, i.e. x̂0 = R(x_T, T) (it ignores ``steps``).
+
+Start. Gaussian: at ``t_start`` the state is ``x = σ_start ε``, ε from the noise model: the noise part of the
+marginal ``α x0 + σ ε``; its data part has mean α E[x0] = 0 for normalised data and is dropped (for t_start = 1
+it is ≤ α_1 ≈ 0.0006 of the signal with the cosine schedule; the author started cloud sampling at t = 0.95).
+Cold: the degraded images (``init_noise``), or a draw from the process's prior (generation from blur).
+End. Gaussian: after the last step the sampler calls the denoiser once more at ``t_end`` and returns x̂0 (x
+itself where σ(t_end) = 0): ``steps + 1`` network evaluations. Cold: the last state (``steps`` evaluations).
 """
 
 from __future__ import annotations
@@ -31,76 +41,112 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from cloudjax import registry
 from cloudjax.diffusion import check_output
-from cloudjax.schedules import time_grid
 
-__all__ = ["sample", "METHODS"]
+__all__ = ["sample", "METHODS", "Sampler", "Step"]
 
 
 class Step(NamedTuple):
-    """One step t → s: the state, the predictions at t, the schedule at both ends and the multistep memory."""
+    """One step t → s as a step rule sees it."""
 
-    x: jnp.ndarray
-    x0: jnp.ndarray
-    eps: jnp.ndarray
-    alpha_t: jnp.ndarray
-    sigma_t: jnp.ndarray
-    alpha_s: jnp.ndarray
-    sigma_s: jnp.ndarray
-    prev_x0: jnp.ndarray  # x̂0 of the previous step (zeros on the first)
-    prev_h: jnp.ndarray  # λ step of the previous step (0 on the first)
+    x: jnp.ndarray  # the state at t
+    x0: jnp.ndarray  # x̂0 predicted at t
+    aux: Any  # the rest of the process's prediction (Gaussian: ε̂; cold: None)
+    at_t: Any  # process.coefficients at t (Gaussian: (α_t, σ_t); cold: the integer step)
+    at_s: Any  # … and at s
+    memory: Any  # the rule's memory from the previous step (Sampler.init_memory on a stage's first step)
     last: jnp.ndarray  # bool, the final step
+    shape: tuple[int, ...]  # the state's (static) shape at s: process.state_shape of s's stage
 
 
-def _ddim(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
-    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step. ``fresh`` draws noise
-    (None when η = s = 0)."""
-    a_t, s_t, a_s, s_s = step.alpha_t, step.sigma_t, step.alpha_s, step.sigma_s
+class Sampler(NamedTuple):
+    """A step rule ``step(process, step, key, eta, stochasticity) → (x_s, memory)`` (``key`` is None for a
+    deterministic run); ``init_memory(x0)`` its memory before a stage's first step; ``steps`` a fixed step count
+    (None: the caller's)."""
+
+    step: Callable
+    init_memory: Callable = lambda x0: None
+    steps: int | None = None
+
+
+def _ddim(process, step: Step, key, eta, stochasticity):
+    """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step. A process whose α is an
+    operator (blurring: a gain per Π mode) or whose state changes shape (scale space) gives its own update as
+    ``process.gaussian_step(step, key, eta, stochasticity)``; None there means the rule below."""
+    own = getattr(process, "gaussian_step", None)
+    x = None if own is None else own(step, key, eta, stochasticity)
+    if x is not None:
+        return x, None
+    (a_t, s_t), (a_s, s_s) = step.at_t, step.at_s
     posterior_var = (s_s**2 / s_t**2) * jnp.maximum(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
     a = jnp.sqrt(jnp.maximum(s_s**2 - eta**2 * posterior_var, 0.0)) * jnp.cos(stochasticity * math.pi / 2)
-    x = a_s * step.x0 + a * step.eps
-    if fresh is None:
-        return x
-    return x + jnp.sqrt(jnp.maximum(s_s**2 - a**2, 0.0)) * fresh()
+    x = a_s * step.x0 + a * step.aux
+    if key is None:
+        return x, None
+    return x + jnp.sqrt(jnp.maximum(s_s**2 - a**2, 0.0)) * process.noise.sample(key, x.shape), None
 
 
-def _dpmpp_2m(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
-    """DPM-Solver++(2M), data-prediction form; deterministic."""
-    del fresh, eta, stochasticity
-    h = (jnp.log(step.alpha_s) - jnp.log(step.sigma_s)) - (jnp.log(step.alpha_t) - jnp.log(step.sigma_t))
-    second_order = (step.prev_h > 0) & ~step.last
-    c = jnp.where(second_order, h / (2.0 * jnp.where(second_order, step.prev_h, 1.0)), 0.0)
-    d = step.x0 + c * (step.x0 - step.prev_x0)
-    return (step.sigma_s / step.sigma_t) * step.x - step.alpha_s * jnp.expm1(-h) * d
-
-
-def _ddpm(step: Step, fresh: Callable[[], jnp.ndarray] | None, eta, stochasticity) -> jnp.ndarray:
+def _ddpm(process, step: Step, key, eta, stochasticity):
     """DDPM's ancestral step: a draw from q(x_s | x_t, x0 = x̂0), which is DDIM with η = 1."""
     del eta
-    return _ddim(step, fresh, 1.0, stochasticity)
+    return _ddim(process, step, key, 1.0, stochasticity)
 
 
-# name → step(step: Step, fresh: () -> noise draw or None, eta, stochasticity) -> x_s
-METHODS = {"ddim": _ddim, "ddpm": _ddpm, "dpm++2m": _dpmpp_2m}
+def _dpmpp_2m(process, step: Step, key, eta, stochasticity):
+    """DPM-Solver++(2M), data-prediction form; deterministic. Memory: (x̂0, h) of the previous step."""
+    del process, key, eta, stochasticity
+    (a_t, s_t), (a_s, s_s) = step.at_t, step.at_s
+    prev_x0, prev_h = step.memory
+    h = (jnp.log(a_s) - jnp.log(s_s)) - (jnp.log(a_t) - jnp.log(s_t))
+    second_order = (prev_h > 0) & ~step.last
+    c = jnp.where(second_order, h / (2.0 * jnp.where(second_order, prev_h, 1.0)), 0.0)
+    d = step.x0 + c * (step.x0 - prev_x0)
+    return (s_s / s_t) * step.x - a_s * jnp.expm1(-h) * d, (step.x0, h)
 
 
-def _check(method: str, eta: float, stochasticity: float, shape) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+def _cold(process, step: Step, key, eta, stochasticity):
+    """Cold Diffusion's Algorithm 2: ``x_s = x_t − D(x̂0, t) + D(x̂0, s)``."""
+    del key, eta, stochasticity
+    t, s = (jnp.full(step.x.shape[:1], i) for i in (step.at_t, step.at_s))
+    return step.x - process.degrade(step.x0, t) + process.degrade(step.x0, s), None
+
+
+def _cold_naive(process, step: Step, key, eta, stochasticity):
+    """Cold Diffusion's Algorithm 1: ``x_s = D(x̂0, s)``."""
+    del key, eta, stochasticity
+    return process.degrade(step.x0, jnp.full(step.x.shape[:1], step.at_s)), None
+
+
+METHODS = {
+    "ddim": Sampler(_ddim),
+    "ddpm": Sampler(_ddpm),
+    "dpm++2m": Sampler(_dpmpp_2m, lambda x0: (jnp.zeros(x0.shape, x0.dtype), jnp.zeros((), jnp.float32))),
+    "cold": Sampler(_cold),
+    "cold_naive": Sampler(_cold_naive),
+    "direct": Sampler(_cold_naive, steps=1),
+}
+
+
+def _check(process, method: str, eta: float, stochasticity: float, shape) -> None:
+    registry.check("method", method, METHODS)
+    kinds = registry.SAMPLERS[method]
+    if getattr(process, "kind", None) not in kinds:
+        raise ValueError(f"method {method!r} drives {' and '.join(kinds)} processes, not {type(process).__name__}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if eta != 0 and method != "ddim":
         raise ValueError(f"eta applies to method 'ddim' only (got method {method!r}, eta {eta})")
     if not 0.0 <= stochasticity <= 1.0:
         raise ValueError(f"stochasticity must be in [0, 1], got {stochasticity}")
-    if stochasticity != 0 and method == "dpm++2m":
-        raise ValueError("stochasticity applies to 'ddim' and 'ddpm', not the ODE solver 'dpm++2m'")
+    if stochasticity != 0 and method not in ("ddim", "ddpm"):
+        raise ValueError(f"stochasticity applies to 'ddim' and 'ddpm', not {method!r}")
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"shape must be (batch, H, W, C) with positive sizes, got {tuple(shape)}")
 
@@ -119,69 +165,89 @@ def sample(
     return_trajectory: bool = False,
     init_noise: jnp.ndarray | None = None,
 ):
-    """Draw samples by integrating the reverse process from ``t_start`` to ``t_end`` in ``steps`` uniform steps.
+    """Draw samples by running the reverse process from ``t_start`` to ``t_end`` in ``steps`` steps.
 
     Args:
-      denoise_fn: ``denoise_fn(x_t, t)`` → the diffusion's prediction (ε, x0 or v) for x_t ``shape`` and t
-        ``(batch,)`` float32. The loop is compiled once per (function, shape, steps, method, stochastic or
-        not) and reused for the same function object, so values a function closes over are compiled in as
-        constants: pass parameters that change (a model being trained) as arguments,
+      denoise_fn: ``denoise_fn(x_t, t)`` → the process's prediction (ε, x0 or v) for x_t ``shape`` and t
+        ``(batch,)`` float32 in [0, 1]. The loop is compiled once per (function, shape, steps, method,
+        stochastic or not) and reused for the same function object, so values a function closes over are
+        compiled in as constants: pass parameters that change (a model being trained) as arguments,
         ``jax.tree_util.Partial(apply, params)`` with ``apply(params, x_t, t)``.
-      diffusion: a :class:`~cloudjax.diffusion.GaussianDiffusion`.
+      diffusion: a forward process (:class:`~cloudjax.process.ForwardProcess`): ``GaussianDiffusion``,
+        ``ColdDiffusion``, …
       key: PRNG key; the same key gives the same samples.
       shape: ``(batch, H, W, C)``.
-      steps: number of steps, >= 1.
-      method: a name in :data:`METHODS`.
+      steps: number of steps, >= 1 (a cold process takes at most T·(t_start − t_end); ``"direct"`` takes 1).
+      method: a name in :data:`METHODS` that drives this process (``registry.SAMPLERS``).
       eta: DDIM's η in [0, 1] (method ``"ddim"`` only).
       t_start: start time in (0, 1]; t_end: end time in [0, t_start).
       stochasticity: the author's s in [0, 1] (``"ddim"`` and ``"ddpm"``).
       return_trajectory: also return ``{"x": x_s after each step, "x0": x̂0 at each step}``, each
-        ``(steps, *shape)``.
-      init_noise: the starting ε of ``shape`` (the state at t_start is σ_start ε); default a draw from the
-        noise model. Pass the same ε to compare methods or step counts on equal footing.
+        ``(steps, *shape)`` (a list of such dicts, one per segment, when the process has several stages).
+      init_noise: the start input of ``shape``: Gaussian, the ε of the start state σ_start ε (default a draw
+        from the noise model; pass the same ε to compare methods or step counts on equal footing); cold, the
+        degraded images x_{t_start} (default a draw from the process's prior, if it has one).
 
     Returns:
-      the final denoised x̂0 ``shape`` (float32), or ``(x̂0, trajectory)``.
+      the samples ``shape`` (float32), or ``(samples, trajectory)``.
     """
     shape = tuple(int(s) for s in shape)
-    _check(method, eta, stochasticity, shape)
-    ts = time_grid(steps, t_start, t_end)
-    if init_noise is not None and jnp.shape(init_noise) != shape:
-        raise ValueError(f"init_noise must have shape {shape}, got {jnp.shape(init_noise)}")
+    _check(diffusion, method, eta, stochasticity, shape)
+    stages = tuple(jnp.asarray(ts) for ts in diffusion.stages(METHODS[method].steps or steps, t_start, t_end))
     if not isinstance(denoise_fn, Partial):
         denoise_fn = Partial(denoise_fn)
     stochastic = method == "ddpm" or eta > 0 or stochasticity > 0
     options = (shape, method, stochastic, bool(return_trajectory))
-    return _sample(denoise_fn, diffusion, key, ts, init_noise, jnp.float32(eta), jnp.float32(stochasticity), *options)
+    eta, stochasticity = jnp.float32(eta), jnp.float32(stochasticity)
+    return _sample(denoise_fn, diffusion, key, stages, init_noise, eta, stochasticity, *options)
 
 
 @functools.partial(jax.jit, static_argnums=(7, 8, 9, 10))
 def _sample(
-    denoise_fn, diffusion, key, ts, init_noise, eta, stochasticity, shape, method, stochastic, return_trajectory
+    denoise_fn, process, key, stages, init_noise, eta, stochasticity, shape, method, stochastic, return_trajectory
 ):
-    step_fn = METHODS[method]
+    sampler = METHODS[method]
     batch = shape[0]
-    alpha, sigma = diffusion.alpha_sigma(ts)
+    ts = jnp.concatenate(stages)
+    coef = process.coefficients(ts)
+    at = lambda i, j=None: jax.tree.map(lambda c: c[i] if j is None else c[i:j], coef)
 
-    def predict(x, t):
+    def predict(x, t, out_shape=None):  # into a larger state, a process may have the network up-sample
         t = jnp.full((batch,), t, jnp.float32)
-        return diffusion.to_x0_eps(check_output(denoise_fn(x, t), x), x, t)
+        grow = out_shape not in (None, x.shape) and getattr(process, "network_upsamples", False)
+        kw = {"upsample": True} if grow else {}
+        return process.predict(check_output(denoise_fn(x, t, **kw), out_shape if grow else x.shape), x, t)
 
-    def body(carry, inputs):
-        x, prev_x0, prev_h = carry
-        t, a_t, s_t, a_s, s_s, step_key, last = inputs
-        x0, eps = predict(x, t)
-        step = Step(x, x0, eps, a_t, s_t, a_s, s_s, prev_x0, prev_h, last)
-        fresh = (lambda: diffusion.noise.sample(step_key, shape)) if stochastic else None
-        x_next = step_fn(step, fresh, eta, stochasticity)
-        h = (jnp.log(a_s) - jnp.log(s_s)) - (jnp.log(a_t) - jnp.log(s_t))
-        return (x_next, x0, h), ({"x": x_next, "x0": x0} if return_trajectory else None)
+    def body(carry, inputs, stage):  # a step t → s with s in ``stage``
+        x, memory = carry
+        t, at_t, at_s, step_key, last = inputs
+        out_shape = process.state_shape(shape, stage)
+        x0, aux = predict(x, t, out_shape)
+        step = Step(x, x0, aux, at_t, at_s, memory, last, out_shape)
+        fresh = stochastic or out_shape != x.shape  # a resolution increase always draws the new detail
+        x_next, memory = sampler.step(process, step, step_key if fresh else None, eta, stochasticity)
+        return (x_next, memory), ({"x": x_next, "x0": x0} if return_trajectory else None)
+
+    def steps_from(i, j):  # the scan inputs of steps i … j − 1 (step i goes ts[i] → ts[i + 1])
+        return ts[i:j], at(i, j), at(i + 1, j + 1), keys[i:j], last[i:j]
 
     key_init, key_steps = jax.random.split(key)
-    x = sigma[0] * (diffusion.noise.sample(key_init, shape) if init_noise is None else init_noise)
-    steps = len(ts) - 1
-    last = jnp.arange(steps) == steps - 1
-    inputs = (ts[:-1], alpha[:-1], sigma[:-1], alpha[1:], sigma[1:], jax.random.split(key_steps, steps), last)
-    (x, _, _), trajectory = jax.lax.scan(body, (x, jnp.zeros(shape, jnp.float32), jnp.zeros((), jnp.float32)), inputs)
-    x0 = jnp.where(sigma[-1] > 0, predict(x, ts[-1])[0], x)
-    return (x0, trajectory) if return_trajectory else x0
+    x = process.prior(key_init, shape, at(0), init_noise)
+    n = len(ts) - 1
+    keys, last = jax.random.split(key_steps, n), jnp.arange(n) == n - 1
+    segments, i = [], 0
+    for k, stage in enumerate(stages):
+        memory = sampler.init_memory(jax.eval_shape(lambda x, t=stage[0]: predict(x, t)[0], x))
+        if len(stage) > 1:
+            inside = functools.partial(body, stage=k)
+            (x, memory), trajectory = jax.lax.scan(inside, (x, memory), steps_from(i, i + len(stage) - 1))
+            segments.append(trajectory)
+            i += len(stage) - 1
+        if k < len(stages) - 1:  # the step into the next stage, which may change the state's shape
+            (x, _), trajectory = body((x, memory), jax.tree.map(lambda a: a[0], steps_from(i, i + 1)), k + 1)
+            segments.append(jax.tree.map(lambda a: a[None], trajectory))
+            i += 1
+    samples = process.output(x, predict(x, ts[-1])[0], at(n))
+    if not return_trajectory:
+        return samples
+    return samples, segments[0] if len(segments) == 1 else segments

@@ -44,11 +44,16 @@ from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cloudjax import registry
 from cloudjax._files import atomic_write, workdir_lock
+from cloudjax.blurring import BlurringDiffusion
+from cloudjax.cold import ColdDiffusion, MeanPrior
+from cloudjax.compile_cache import enable_compile_cache
 from cloudjax.diffusion import GaussianDiffusion
-from cloudjax.models import UNet, init, preset
+from cloudjax.models import FlexiUNet, UNet, flexi_unet, init, preset
 from cloudjax.noise import PowerLawNoise, WhiteNoise
 from cloudjax.samplers import sample
+from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.schedules import CalibratedSchedule, calibrated_schedule, get_schedule
 
 __all__ = [
@@ -65,6 +70,8 @@ __all__ = [
     "check_workdir",
     "load_run",
     "generate",
+    "restore",
+    "RESTORATIONS",
     "initialize_distributed",
 ]
 
@@ -88,7 +95,18 @@ class TrainConfig:
     weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
     noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
     "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
-    :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`.
+    :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`
+    (None: "eps" and "pixel"; for cold, "x0" and "l1").
+    process: "gaussian" (noise, schedule, …) or "cold" (:class:`cloudjax.ColdDiffusion` over ``degradation``:
+    "blur", "mask", "downsample" or "decolor", with T = ``degradation_steps``). Cold settings left None take the
+    anchor's MNIST/CIFAR values scaled to ``image_size`` (:func:`_cold_defaults`): blur T = 20 steps of a
+    constant σ = 7·S/28 px Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` / ``blur_padding`` as given; mask
+    T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32; downsample T = log2(S/4); decolor T = 20.
+    generation: blur only; the last step goes to the per-channel mean and a ``gmm_components`` Gaussian mixture
+    of the data's means is stored for sampling new images.
+    process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
+    on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
+    x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -116,8 +134,20 @@ class TrainConfig:
     noise: str = "white"
     delta: float | None = None
     schedule: str = "cosine"
-    prediction: str = "eps"
-    loss_weighting: str = "pixel"
+    prediction: str | None = None
+    loss_weighting: str | None = None
+    process: str = "gaussian"
+    degradation: str = "blur"
+    degradation_steps: int | None = None
+    blur_routine: str = "constant"
+    blur_std: float | None = None
+    blur_kernel: int | None = None
+    blur_padding: str = "circular"
+    mask_std: float | None = None
+    mask_initial: float = 11.0
+    generation: bool = False
+    gmm_components: int = 1
+    levels: int | None = None
     checkpoint_every: int = 1000
     keep: int = 3
     sample_every: int = 0
@@ -132,12 +162,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
-        if self.noise not in ("white", "cloud"):
-            raise ValueError(f"noise must be 'white' or 'cloud', got {self.noise!r}")
+        registry.check("noise", self.noise, registry.NOISES)
         if self.delta is not None and not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
-        if self.schedule not in ("cosine", "offset_cosine", "linear", "calibrated"):
-            raise ValueError(f"schedule must be cosine, offset_cosine, linear or calibrated, got {self.schedule!r}")
+        registry.check("schedule", self.schedule, registry.SCHEDULES)
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
         if not (self.lr > 0 and 0 <= self.final_lr_ratio <= 1 and 0 <= self.ema_decay < 1 and self.clip_norm > 0):
@@ -154,15 +182,97 @@ class TrainConfig:
             raise ValueError(f"decay_steps must be a positive integer or None, got {self.decay_steps}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+        self._check_process()
+        if self.levels is not None and self.process != "scale_space":
+            raise ValueError("levels applies to --process scale_space only")
+        if self.process == "scale_space":
+            depth = len(self.unet_config().channel_mults)
+            if not 1 <= self.num_levels <= depth:
+                raise ValueError(
+                    f"levels must be in 1 … {depth} (the {self.model} network's levels), got {self.levels}"
+                )
+            if self.image_size % 2 ** (self.num_levels - 1):
+                raise ValueError(f"levels={self.levels} needs an image size divisible by {2 ** (self.num_levels - 1)}")
         self.unet_config()  # validates model, dtype, dropout and the image size
         if self.image_size % self.unet_config().downsampling:
             raise ValueError(f"image_size must be divisible by {self.unet_config().downsampling} for {self.model}")
+
+    @property
+    def num_levels(self) -> int:
+        """Scale-space levels (default 4)."""
+        return 4 if self.levels is None else self.levels
+
+    def network(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The network: a UNet, or a Flexi-UNet for scale space."""
+        if self.process == "scale_space":
+            return FlexiUNet(self.unet_config(), self.image_size, rngs=rngs)
+        return UNet(self.unet_config(), rngs=rngs)
+
+    def _check_process(self) -> None:
+        """Check the process's names and fill its None settings with their defaults (stored in run.json)."""
+        registry.check("process", self.process, registry.PROCESSES)
+        cold = self.process == "cold"
+        defaults = dict(prediction="x0" if cold else "eps", loss_weighting="l1" if cold else "pixel")
+        if cold:
+            registry.check("degradation", self.degradation, registry.DEGRADATIONS)
+            registry.check("blur_routine", self.blur_routine, registry.BLUR_ROUTINES)
+            defaults.update(_cold_defaults(self.degradation, self.image_size))
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        registry.check("prediction", self.prediction, ("x0",) if cold else registry.PREDICTIONS)
+        registry.check("loss_weighting", self.loss_weighting, registry.LOSSES[self.process])
+        if self.gmm_components < 1:
+            raise ValueError(f"gmm_components must be >= 1, got {self.gmm_components}")
+        if cold and self.generation and self.degradation != "blur":
+            raise ValueError(f"generation needs degradation 'blur' (to the mean), got {self.degradation!r}")
+        if cold and self.degradation == "decolor" and self.channels == 1:
+            raise ValueError("degradation 'decolor' needs channels=3 (grey images have no colour to fade)")
+        if cold and self.sample_every and not self.generation:
+            raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
+        if cold:
+            self.cold_diffusion()  # validates the degradation's settings against the image size
+
+    def cold_diffusion(self, mean_prior=None):
+        """The :class:`~cloudjax.ColdDiffusion` of a cold config (``mean_prior`` for generation)."""
+        from cloudjax import degradations
+
+        T, size = self.degradation_steps, self.image_size
+        if self.degradation == "blur":
+            D = degradations.GaussianBlur.from_routine(
+                self.blur_routine, T, self.blur_std, self.blur_kernel, self.blur_padding, final_mean=self.generation
+            )
+            if self.blur_kernel > size:
+                raise ValueError(f"blur_kernel {self.blur_kernel} is larger than the image ({size} px)")
+        elif self.degradation == "mask":
+            D = degradations.GaussianMask.linear(T, self.mask_std, self.mask_initial)
+        elif self.degradation == "downsample":
+            D = degradations.Downsample(T)
+            if size % 2**T:
+                raise ValueError(f"degradation_steps {T} halves {size} px below one pixel or unevenly")
+        else:
+            D = degradations.Decolorize(T)
+        return ColdDiffusion(D, T, self.loss_weighting, mean_prior)
 
     def unet_config(self):
         overrides = dict(channels=self.channels, dtype=self.dtype)
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
         return preset(self.model, **overrides)
+
+
+def _cold_defaults(degradation: str, size: int) -> dict:
+    """The anchor's MNIST/CIFAR settings (28–32 px) scaled to ``size`` px images."""
+    if degradation == "blur":
+        kernel = max(3, int(11 * size / 28) - (int(11 * size / 28) + 1) % 2)  # odd, ≈ 11 at 28 px
+        return dict(
+            degradation_steps=20, blur_std=round(7 * size / 28, 3), blur_kernel=min(kernel, size - 1 + size % 2)
+        )
+    if degradation == "mask":
+        return dict(degradation_steps=50, mask_std=round(0.1 * size / 32, 4))
+    if degradation == "downsample":
+        return dict(degradation_steps=max(1, int(math.log2(size / 4))))
+    return dict(degradation_steps=20)
 
 
 @struct.dataclass
@@ -213,7 +323,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def _graphdef(config: TrainConfig) -> nnx.GraphDef:
-    return nnx.graphdef(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    return nnx.graphdef(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
 
 
 def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
@@ -229,7 +339,10 @@ def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
 def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
     """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
     init_key, rng = jax.random.split(jax.random.key(config.seed))
-    graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
+    if config.process == "scale_space":
+        graphdef, params = flexi_unet.init(config.unet_config(), config.image_size, init_key, out_shardings=sharding)
+    else:
+        graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
     return graphdef, _new_state_jit(sharding)(config, params, jax.random.key_data(rng))
 
 
@@ -240,7 +353,7 @@ def _new_state_jit(sharding: NamedSharding | None) -> Callable:
 
 def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
     """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
-    params = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
+    params = nnx.state(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
     rng = jax.random.key_data(jax.random.key(0))
     shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
@@ -248,15 +361,18 @@ def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -
 
 def make_train_step(
     graphdef: nnx.GraphDef,
-    diffusion: GaussianDiffusion,
+    diffusion,
     config: TrainConfig,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """The jitted step ``(state, batch (B, H, W, C), key) → (state, metrics)``; ``state`` is donated.
 
+    ``diffusion`` is any forward process (:class:`cloudjax.process.ForwardProcess`); the step calls its ``loss``.
+
     The batch (already normalised) is split into ``grad_accum`` micro-batches ``batch[i::grad_accum]`` (so each
-    stays spread over every device), gradients are averaged over them with ``lax.scan``. With ``mesh`` the
-    batch is sharded on ``"data"`` and the state replicated.
+    stays spread over every device), gradients are averaged over them with a fully unrolled ``lax.scan`` (one
+    compiled step; a rolled loop around the convolutions costs XLA:CPU 6–17×); with ``grad_accum = 1`` the batch
+    takes one pass. With ``mesh`` the batch is sharded on ``"data"`` and the state replicated.
     """
     optimizer = make_optimizer(config)
     accum = config.grad_accum
@@ -264,22 +380,32 @@ def make_train_step(
     def loss_fn(params, micro, key):
         loss_key, dropout_key = jax.random.split(key)
         model = nnx.merge(graphdef, params)
-        apply_fn = lambda x_t, t: model(x_t, t, dropout_key=dropout_key)
+        apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
         return diffusion.loss(apply_fn, loss_key, micro)
 
-    def step(state: TrainState, batch: jax.Array, key: jax.Array):
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def gradients(params, batch, key):
+        """Mean loss and gradient over the batch: one pass when ``accum == 1``, else over the micro-batches."""
+        if accum == 1:
+            return grad_fn(params, batch, jax.random.fold_in(key, 0))
         micro = batch.reshape(batch.shape[0] // accum, accum, *batch.shape[1:]).swapaxes(0, 1)
-        grad_fn = jax.value_and_grad(loss_fn)
 
         def accumulate(carry, inputs):
             loss_sum, grad_sum = carry
             i, x = inputs
-            loss, grads = grad_fn(state.params, x, jax.random.fold_in(key, i))
+            loss, grads = grad_fn(params, x, jax.random.fold_in(key, i))
             return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), (jnp.arange(accum), micro))
-        loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        # unrolled: inside a while loop XLA:CPU leaves the backward convolutions in non-canonical dimension
+        # orders that miss its fast (Eigen) kernels, ~6× slower; unrolled, every convolution is canonical.
+        carry = (jnp.zeros(()), zeros)
+        (loss, grads), _ = jax.lax.scan(accumulate, carry, (jnp.arange(accum), micro), unroll=True)
+        return loss / accum, jax.tree.map(lambda g: g / accum, grads)
+
+    def step(state: TrainState, batch: jax.Array, key: jax.Array):
+        loss, grads = gradients(state.params, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         d = config.ema_decay
@@ -309,6 +435,7 @@ class Run:
     delta: float | None = None
     channel_cov: tuple[tuple[float, ...], ...] | None = None
     snr_ratio: float | None = None
+    mean_prior: MeanPrior | None = None  # cold generation: the mixture of the data's per-channel means
     data_fingerprint: str | None = None
 
     @property
@@ -316,11 +443,19 @@ class Run:
         return PowerLawNoise(self.delta, channel_cov=self.channel_cov) if self.config.noise == "cloud" else WhiteNoise()
 
     @property
-    def diffusion(self) -> GaussianDiffusion:
+    def diffusion(self):
+        """The run's forward process: GaussianDiffusion, ColdDiffusion, ScaleSpaceDiffusion or BlurringDiffusion."""
         c = self.config
+        if c.process == "cold":
+            return c.cold_diffusion(self.mean_prior)
         schedule = (
             CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
         )
+        loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the anchor's loss
+        if c.process == "scale_space":
+            return ScaleSpaceDiffusion(c.image_size, c.num_levels, self.noise, schedule, loss_weighting=loss)
+        if c.process == "blurring":
+            return BlurringDiffusion(self.noise, schedule, loss_weighting=loss)
         return GaussianDiffusion(self.noise, schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
@@ -339,6 +474,9 @@ class Run:
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         if d.get("channel_cov") is not None:
             d["channel_cov"] = tuple(tuple(row) for row in d["channel_cov"])
+        if d.get("mean_prior") is not None:
+            tuples = lambda v: tuple(map(tuples, v)) if isinstance(v, list) else v
+            d["mean_prior"] = MeanPrior(**{k: tuples(v) for k, v in d["mean_prior"].items()})
         return cls(**d)
 
     @classmethod
@@ -412,6 +550,11 @@ def _measure(config: TrainConfig, source) -> Run:
         data_variance = dataset_stats([z], window=None).fourier_variance
         noise_variance = run.noise.fourier_variance(config.image_size, config.image_size)
         run = dataclasses.replace(run, snr_ratio=calibrated_schedule(data_variance, noise_variance).snr_ratio)
+    if config.process == "cold" and config.generation:
+        # the anchor's 0.002 "broken symmetry" noise on [−1, 1] images, in normalised units (data are in [0, 1])
+        noise = 0.001 / float(np.mean(std))
+        prior = MeanPrior.fit(z, config.gmm_components, noise=noise, seed=config.seed)
+        run = dataclasses.replace(run, mean_prior=prior)
     return run
 
 
@@ -529,17 +672,45 @@ def load_run(workdir: str | Path, step: int | None = None, stream=sys.stderr) ->
 @functools.lru_cache
 def _denoiser(graphdef: nnx.GraphDef) -> Callable:
     """One function object per network, so the sampler compiles once per (network, shape, steps, method)."""
-    return lambda params, x, t: nnx.merge(graphdef, params)(x, t)
+    return lambda params, x, t, **kw: nnx.merge(graphdef, params)(x, t, **kw)
 
 
-def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps: int = 50, method: str = "ddim", **kw):
-    """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA)."""
+def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, method=None, init_noise=None, **kw):
+    """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA).
+
+    ``steps`` None: 50 for Gaussian runs, T for cold ones; ``method`` None: "ddim" or "cold". ``init_noise``:
+    see :func:`cloudjax.sample` (cold restoration: the degraded images, normalised).
+    """
     c = run.config
+    process = run.diffusion
+    if steps is None:
+        steps = process.steps if c.process == "cold" else 50
+    method = method or registry.samplers_for(process.kind)[0]
+    kw["init_noise"] = init_noise
     shape = (num, c.image_size, c.image_size, c.channels)
     x = sample(
-        jax.tree_util.Partial(_denoiser(graphdef), params), run.diffusion, key, shape, steps=steps, method=method, **kw
+        jax.tree_util.Partial(_denoiser(graphdef), params), process, key, shape, steps=steps, method=method, **kw
     )
     return np.asarray(run.denormalize(x))
+
+
+RESTORATIONS = ("degraded", "direct", "cold_naive", "cold", "original")
+
+
+def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndarray]:
+    """A cold run's restorations of ``images`` ``(N, H, W, C)`` (data units): ``{name: (N, H, W, C)}`` for the
+    names in :data:`RESTORATIONS`: D(x, T), the direct reconstruction, Algorithm 1, Algorithm 2 (``steps``
+    each, None: T), the originals. Deterministic: no key is used."""
+    if run.config.process != "cold":
+        raise ValueError(f"restore needs a cold run, this one is {run.config.process!r}")
+    x = np.asarray(images, np.float32)
+    z = jnp.asarray(run.normalize(x), jnp.float32)
+    process = run.diffusion
+    degraded = process.degrade(z, jnp.full(z.shape[:1], process.steps))
+    out = {"degraded": np.asarray(run.denormalize(degraded))}
+    for method in ("direct", "cold_naive", "cold"):
+        out[method] = generate(run, graphdef, params, jax.random.key(0), len(x), steps, method, init_noise=degraded)
+    return {**out, "original": x}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -672,10 +843,12 @@ def train(
     content hash; a resume starts from the newest one that verifies. Raises :class:`TrainingDiverged` on a
     NaN/Inf loss or state (nothing of the bad step is saved), :class:`~cloudjax._files.WorkdirBusy` if another
     process trains in ``workdir``, and ``ValueError`` for a workdir holding a different run or other data,
-    a damaged run.json, or ``steps`` below the run's step.
+    a damaged run.json, or ``steps`` below the run's step. Turns JAX's persistent compilation cache on
+    (:mod:`cloudjax.compile_cache`), so a second run with the same shapes starts in seconds.
     """
     from cloudjax.data import open_source
 
+    enable_compile_cache()
     workdir = Path(workdir)
     lead = jax.process_index() == 0
     if lead:
@@ -814,7 +987,7 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
     return {**summary, "loss": last_loss, "delta": run.delta}
 
 
-def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps: int = 50) -> None:
+def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps=None) -> None:
     """EMA samples (every process computes; ``write`` on one) as a PNG grid: the run's progress at a glance."""
     from cloudjax.plots import save_image_grid
 

@@ -33,7 +33,7 @@ import numpy as np
 
 import cloudjax as cj
 from cloudjax.data.patches import patches
-from cloudjax.samplers import METHODS
+from cloudjax.registry import samplers_for
 from cloudjax.spectral import irfft_real, radial_profile, rfft_real
 from cloudjax.stats import fit_power_law
 
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num", type=int, default=1024, help="samples per configuration")
     parser.add_argument("--patches", type=int, default=4000, help="patches the data spectrum is measured on")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=samplers_for("gaussian"), choices=samplers_for("gaussian"))
     parser.add_argument("--schedule", default="cosine", choices=["cosine", "offset_cosine", "linear"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/gaussian_steps"))

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from cloudjax.models import UNet, UNetConfig, init, preset
+from cloudjax.models.unet import _upsample2
 
 
 def _count(cfg: UNetConfig) -> int:
@@ -64,3 +65,9 @@ def test_bad_input_raises_naming_argument():
         preset("tiny", base_channels=12)
     with pytest.raises(ValueError, match="model must be one of"):
         preset("huge")
+
+
+def test_upsampling_is_nearest_neighbour():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    want = jax.image.resize(x, (2, 6, 10, 4), "nearest")
+    assert bool(jnp.all(_upsample2(x) == want))

@@ -1,0 +1,217 @@
+"""Cold Diffusion (Bansal et al. 2023): undo a deterministic degradation D(x0, t), t ∈ {0, …, T}.
+
+A restoration network R(x_t, t) ≈ x0 is trained on ``x_t = D(x0, t)`` with t uniform on {1, …, T} and an L1
+(or L2) loss; the network sees the time as t / T ∈ [0, 1], like every process in cloudjax. Sampling (the
+``"cold"``, ``"cold_naive"`` and ``"direct"`` rules of :mod:`cloudjax.samplers`) starts from degraded images
+x_T and steps down the grid with x̂0 = R(x_t, t / T):
+
+* Algorithm 2 (``"cold"``): ``x_s = x_t − D(x̂0, t) + D(x̂0, s)``;
+* Algorithm 1 (``"cold_naive"``): ``x_s = D(x̂0, s)``;
+* direct: x̂0 = R(x_T, 1), one network call.
+
+Generation from blur: when D(·, T) maps every image to its per-channel mean (a blur whose last step is "to the
+mean"), new images start from flat images whose colours come from a Gaussian mixture fitted to the training
+images' per-channel means (:class:`MeanPrior`), plus the anchor's small "broken symmetry" noise, added once.
+Without that noise two images with equal means give the same sample: Algorithm 2 is deterministic.
+
+A degradation is any callable ``D(x0, t)`` with x0 ``(B, H, W, C)`` and integer t ``(B,)`` in {0, …, T},
+``D(x0, 0) = x0``: the built-in ones (:mod:`cloudjax.degradations`) or a user function, linear or not, e.g.
+``lambda x, t: jnp.tanh(x)`` interpolated over t: ``(1 − t/T) x + (t/T) tanh(x)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.tree_util import Partial
+
+from cloudjax import registry
+from cloudjax.diffusion import error_norm
+
+__all__ = ["ColdDiffusion", "MeanPrior", "fit_gmm"]
+
+
+def fit_gmm(x, components: int = 1, iterations: int = 100, seed: int = 0, reg: float = 1e-6):
+    """A full-covariance Gaussian mixture fitted to points x ``(N, D)`` by EM (float32, jit-compiled).
+
+    Starts from ``components`` distinct data points as means, the data covariance for every component and equal
+    weights; ``reg`` is added to every covariance's diagonal (relative to the data variance).
+
+    Returns:
+      ``(weights (K,), means (K, D), covariances (K, D, D))`` as numpy arrays.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 2 or x.shape[0] < components or components < 1:
+        raise ValueError(f"x must be (N, D) with N >= components >= 1, got shape {x.shape}, components {components}")
+    return tuple(np.asarray(a) for a in _em(x, components, iterations, jax.random.key(seed), reg))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _em(x, k, iterations, key, reg):
+    n, d = x.shape
+    ridge = reg * jnp.mean(jnp.var(x, axis=0)) * jnp.eye(d) + 1e-12 * jnp.eye(d)
+    means = x[jax.random.choice(key, n, (k,), replace=False)]
+    covs = jnp.broadcast_to(jnp.cov(x, rowvar=False).reshape(d, d) + ridge, (k, d, d))
+    weights = jnp.full((k,), 1.0 / k)
+
+    def step(_, params):
+        weights, means, covs = params
+        log_resp = jnp.log(weights) + _gaussian_log_density(x, means, covs)  # (n, k)
+        resp = jnp.exp(log_resp - jax.nn.logsumexp(log_resp, axis=1, keepdims=True))
+        nk = resp.sum(axis=0) + 1e-12
+        means = (resp.T @ x) / nk[:, None]
+        diff = x[None] - means[:, None]  # (k, n, d)
+        covs = jnp.einsum("kn,kni,knj->kij", resp.T, diff, diff) / nk[:, None, None] + ridge
+        return nk / n, means, covs
+
+    return jax.lax.fori_loop(0, iterations, step, (weights, means, covs))
+
+
+def _gaussian_log_density(x, means, covs):
+    """``(n, k)`` log N(x_n | means_k, covs_k)."""
+    chol = jnp.linalg.cholesky(covs)  # (k, d, d)
+    diff = x[None] - means[:, None]  # (k, n, d)
+    z = jax.scipy.linalg.solve_triangular(chol, jnp.swapaxes(diff, 1, 2), lower=True)  # (k, d, n)
+    log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), axis=1)
+    return (-0.5 * jnp.sum(z**2, axis=1) - log_det[:, None] - 0.5 * x.shape[1] * math.log(2 * math.pi)).T
+
+
+@struct.dataclass
+class MeanPrior:
+    """Flat images whose per-channel colour is drawn from a Gaussian mixture, plus white noise of std ``noise``.
+
+    Attributes:
+      weights, means, chol: the mixture, ``(K,)``, ``(K, C)`` and the Cholesky factors ``(K, C, C)`` of its
+        covariances (nested tuples, so the prior is static and stored in run.json as it is).
+      noise: std of the "broken symmetry" noise added once to the start (the anchor's 0.002 on [−1, 1] images).
+    """
+
+    weights: tuple = struct.field(pytree_node=False)
+    means: tuple = struct.field(pytree_node=False)
+    chol: tuple = struct.field(pytree_node=False)
+    noise: float = struct.field(pytree_node=False, default=0.002)
+
+    @classmethod
+    def fit(cls, images, components: int = 1, noise: float = 0.002, seed: int = 0) -> MeanPrior:
+        """The prior of images ``(N, H, W, C)``: a ``components``-Gaussian mixture fitted to their per-channel means."""
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+        weights, means, covs = fit_gmm(images.mean(axis=(1, 2)), components, seed=seed)
+        nested = lambda a: tuple(map(nested, a)) if np.ndim(a) else float(a)
+        return cls(nested(weights), nested(means), nested(np.linalg.cholesky(covs)), float(noise))
+
+    def sample(self, key: jax.Array, shape) -> jnp.ndarray:
+        """``shape`` ``(B, H, W, C)`` float32: one colour per image from the mixture, plus the noise."""
+        B, C = shape[0], shape[-1]
+        means, chol = jnp.asarray(self.means, jnp.float32), jnp.asarray(self.chol, jnp.float32)
+        if means.shape[1] != C:
+            raise ValueError(f"the prior has {means.shape[1]} channels, shape asks for {C}")
+        key_k, key_z, key_noise = jax.random.split(key, 3)
+        k = jax.random.choice(key_k, len(self.weights), (B,), p=jnp.asarray(self.weights, jnp.float32))
+        colour = means[k] + jnp.einsum("bij,bj->bi", chol[k], jax.random.normal(key_z, (B, C)))
+        flat = jnp.broadcast_to(colour[:, None, None, :], tuple(shape))
+        return flat + self.noise * jax.random.normal(key_noise, tuple(shape))
+
+
+def _as_pytree(degradation):
+    """The degradation as a pytree: built-in ones already are; a plain function becomes a static ``Partial``."""
+    leaves = jax.tree.leaves(degradation)
+    if all(isinstance(leaf, jax.Array | np.ndarray | np.generic | float | int) for leaf in leaves):
+        return degradation
+    return Partial(degradation)
+
+
+@struct.dataclass
+class ColdDiffusion:
+    """Cold Diffusion over ``degradation``: a :class:`~cloudjax.process.ForwardProcess` of kind ``"cold"``.
+
+    Attributes:
+      degradation: ``D(x0, t)``, x0 ``(B, H, W, C)``, integer t ``(B,)`` in {0, …, steps}, D(x0, 0) = x0.
+      steps: T, the number of degradation steps (>= 1); None takes the degradation's ``steps`` (built-in ones
+        have it), which must agree when both are given.
+      loss_weighting: ``"l1"`` (the paper's) or ``"l2"``: the norm of the x0 error.
+      mean_prior: a :class:`MeanPrior` to generate from (the start when ``sample`` gets no ``init_noise``), or None.
+    """
+
+    degradation: Callable
+    steps: int = struct.field(pytree_node=False, default=None)
+    loss_weighting: str = struct.field(pytree_node=False, default="l1")
+    mean_prior: Any = None
+
+    kind: ClassVar[str] = "cold"
+    prediction: ClassVar[str] = "x0"
+
+    def __post_init__(self):
+        if not callable(self.degradation):
+            raise ValueError(f"degradation must be a callable D(x0, t), got {self.degradation!r}")
+        steps = getattr(self.degradation, "steps", None)
+        if self.steps is None and steps is not None:
+            object.__setattr__(self, "steps", steps)
+        if steps is not None and self.steps != steps:
+            raise ValueError(f"steps={self.steps} differs from the degradation's steps={steps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int | np.integer) or self.steps < 1:
+            raise ValueError(f"steps must be an integer T >= 1, got {self.steps!r}")
+        registry.check("loss_weighting", self.loss_weighting, registry.LOSSES["cold"])
+        object.__setattr__(self, "degradation", _as_pytree(self.degradation))
+        object.__setattr__(self, "steps", int(self.steps))
+
+    def degrade(self, x0: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+        """``D(x0, t)`` for integer t ``(B,)`` in {0, …, T}."""
+        return self.degradation(x0, t)
+
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
+        """Mean L1 (or L2) error of ``apply_fn(D(x0, t), t / T)`` against x0, t uniform on {1, …, T} per example."""
+        x0 = jnp.asarray(x0, jnp.float32)
+        if x0.ndim != 4:
+            raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
+        t = jax.random.randint(key, x0.shape[:1], 1, self.steps + 1)
+        out = apply_fn(self.degrade(x0, t), t.astype(jnp.float32) / self.steps).astype(jnp.float32)
+        return jnp.mean(error_norm(self.loss_weighting, out - x0))
+
+    # The sampler's side of the ForwardProcess interface (see cloudjax.process).
+
+    def stages(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> tuple[np.ndarray]:
+        """``steps + 1`` times i / T, i evenly spaced integers from t_start·T down to t_end·T (one stage)."""
+        if not 0.0 <= t_end < t_start <= 1.0:
+            raise ValueError(f"t_start, t_end must satisfy 0 <= t_end < t_start <= 1, got {t_start}, {t_end}")
+        hi, lo = round(t_start * self.steps), round(t_end * self.steps)
+        if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= hi - lo:
+            raise ValueError(f"steps must be an integer in [1, {hi - lo}] (T = {self.steps} from t_start to t_end)")
+        i = np.floor(np.linspace(hi, lo, int(steps) + 1) + 0.5)  # distinct: neighbours are >= 1 apart
+        return ((i / self.steps).astype(np.float32),)
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        """The images' shape (one stage)."""
+        return tuple(shape)
+
+    def coefficients(self, ts: jnp.ndarray) -> jnp.ndarray:
+        """The integer steps t·T."""
+        return jnp.round(ts * self.steps).astype(jnp.int32)
+
+    def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
+        """The start: ``init`` (the degraded images to restore, of ``shape``), or a draw from :attr:`mean_prior`."""
+        if init is not None:
+            if jnp.shape(init) != tuple(shape):
+                raise ValueError(
+                    f"init_noise (the degraded images) must have shape {tuple(shape)}, got {jnp.shape(init)}"
+                )
+            return jnp.asarray(init, jnp.float32)
+        if self.mean_prior is None:
+            raise ValueError("this ColdDiffusion has no mean_prior to generate from: pass init_noise= degraded images")
+        return self.mean_prior.sample(key, shape)
+
+    def predict(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, None]:
+        """The network predicts x0."""
+        return out, None
+
+    def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
+        """The last state (restored when t_end = 0)."""
+        return x

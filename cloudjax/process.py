@@ -1,0 +1,107 @@
+"""The forward-process interface: what the train step and the one sampler loop ask of a process.
+
+Three protocols (structural: any object with these members qualifies; nothing needs to inherit):
+
+* :class:`NoiseModel` — a Gaussian noise N(0, Σ): ``sample(key, shape)`` and the diagonal of Σ in Π space.
+* :class:`Schedule` — t ∈ [0, 1] → (α_t, σ_t).
+* :class:`ForwardProcess` — a degradation of data over time t ∈ [0, 1] (0 clean, 1 most degraded) that a
+  network learns to undo. Implementations: :class:`~cloudjax.GaussianDiffusion` (white or cloud noise) and
+  :class:`~cloudjax.ColdDiffusion` (deterministic degradations).
+
+Time. The sampler and the network always see t as float32 in [0, 1], shape ``(B,)``; a process with discrete
+steps (cold: t = i / T) maps it to its own index. How the sampler uses a process (:func:`cloudjax.sample`)::
+
+    stages = process.stages(steps, t_start, t_end)        # the grid t_0 > t_1 > … > t_steps, split in stages
+    coef = process.coefficients(concat(stages))           # what the steps need at each time (a pytree)
+    x = process.prior(key, shape, coef[0], init)          # the state at t_0
+    for each step t → s:                                  # one lax.scan per stage, see below
+        x0, aux = process.predict(denoise_fn(x, t), x, t) # the network output → x̂0 (+ what the step needs)
+        step = Step(x, x0, aux, coef[t], coef[s], memory, last, state_shape(shape, stage of s))
+        x, memory = METHODS[method].step(process, step, key, eta, stochasticity)
+    return process.output(x, x̂0 at t_steps, coef[t_steps])
+
+Stages (for processes whose state changes shape, e.g. scale-space diffusion at its resolution changes):
+``stages`` returns the grid cut into consecutive runs of times; all states at the times of run k have the
+static shape ``state_shape(shape, k)``. The loop runs one ``lax.scan`` over the steps inside each run (one
+compile per shape) and, between runs k and k + 1, the single step from the last time of run k to the first of
+run k + 1, unrolled: that step may change the shape. A sampler's multistep memory restarts at every stage.
+Gaussian and cold processes have one stage. Which samplers drive which process is ``registry.SAMPLERS`` (by
+``process.kind``); a process that needs its own update rule adds a step function to ``samplers.METHODS`` and its
+name to the registry. A Gaussian process whose α is an operator (blurring diffusion: a gain per Π mode) can
+reuse the Gaussian rules, which are elementwise in α and σ, by returning per-mode (α, σ) from ``coefficients``
+and predicting in its own basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+__all__ = ["NoiseModel", "Schedule", "ForwardProcess"]
+
+
+@runtime_checkable
+class NoiseModel(Protocol):
+    """Zero-mean Gaussian noise N(0, Σ) on images ``(..., H, W, C)``, a frozen pytree (``WhiteNoise``,
+    ``PowerLawNoise``). It must stay one fixed Σ (sums of draws are N(0, cΣ): the jump trick)."""
+
+    def sample(self, key: jax.Array, shape: Sequence[int]) -> jax.Array:
+        """A float32 draw of ``shape`` ``(..., H, W, C)``."""
+
+    def fourier_variance(self, H: int, W: int) -> np.ndarray:
+        """The ``(H, W)`` diagonal of Σ in Π space (per channel), every entry > 0."""
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """A noise schedule: ``x_t = α_t x0 + σ_t ε`` for t ∈ [0, 1], λ_t = log(α_t² / σ_t²) decreasing."""
+
+    def alpha_sigma(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(α_t, σ_t), each float32 of t's shape."""
+
+    def log_snr(self, t: jax.Array) -> jax.Array:
+        """λ_t of t's shape."""
+
+
+@runtime_checkable
+class ForwardProcess(Protocol):
+    """A forward process: a frozen pytree (its static settings are not nodes) that the train step and the
+    samplers drive through these members only.
+
+    Attributes:
+      kind: the process family (``"gaussian"``, ``"cold"``, …) that ``registry.SAMPLERS`` lists per sampler.
+    """
+
+    kind: str
+
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array) -> jax.Array:
+        """Scalar training loss on clean images x0 ``(B, H, W, C)``: draws t ``(B,)`` in [0, 1] (and noise) with
+        ``key``, degrades x0 to x_t and compares ``apply_fn(x_t, t)`` with the process's target."""
+
+    def stages(self, steps: int, t_start: float, t_end: float) -> tuple[np.ndarray, ...]:
+        """The sampler's time grid: ``steps + 1`` float32 times from t_start down to t_end, cut into stages of
+        constant state shape (see the module docstring); ``ValueError`` naming the argument when the process
+        cannot take ``steps`` steps over that span."""
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        """The state's shape in ``stage`` (an index into :meth:`stages`) for images of ``shape``; a static tuple.
+        One-stage processes return ``shape``."""
+
+    def coefficients(self, ts: jax.Array) -> Any:
+        """A pytree of arrays with leading axis ``len(ts)``: what the steps need at each time (Gaussian:
+        (α, σ); cold: the integer step t·T). Computed once per grid, sliced per step."""
+
+    def prior(self, key: jax.Array, shape: tuple[int, ...], at_start: Any, init: jax.Array | None) -> jax.Array:
+        """The state at the first time of the grid for samples of image ``shape`` ``(B, H, W, C)``:
+        ``at_start`` is that time's coefficients; ``init`` the caller's start input (Gaussian: ε, the state is
+        σ ε; cold: the degraded images themselves) or None to draw it."""
+
+    def predict(self, out: jax.Array, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, Any]:
+        """``(x̂0, aux)`` from the network output ``out`` at (x_t, t ``(B,)``): the prediction → x̂0 map, and
+        whatever else the process's steps use (Gaussian: ε̂; cold: None)."""
+
+    def output(self, x: jax.Array, x0: jax.Array, at_end: Any) -> jax.Array:
+        """The samples after the last step, from the final state x and the x̂0 predicted there."""

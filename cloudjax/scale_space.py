@@ -1,0 +1,457 @@
+"""Scale Space Diffusion: noise *and* down-sampling (Mukhopadhyay et al. 2026), exact where the anchor approximates.
+
+Levels. ``L`` levels work at resolutions ``N / 2^ℓ``, ℓ = 0 … L−1 (ℓ = 0 is the data's). Discrete steps
+i = 0 … T−1 (the anchor's 0-indexed t) sit at continuous times ``t = (i + 1) / T`` of a :mod:`cloudjax.schedules`
+schedule; step i runs at level ``ℓ(i)`` from a resolution schedule with ``τ = i / (T − 1)``:
+
+* ``"convex_decay"`` (the anchor's default, γ = 0.5): ``ℓ = ⌊(1 − (1 − τ)^γ) L⌋``, clipped to L − 1;
+* ``"equal"``: ``ℓ = ⌊τ L⌋`` (convex_decay with γ = 1): every level gets the same number of steps.
+
+A *change step* c is one with ℓ(c) > ℓ(c − 1) (64 px, L = 4, T = 1000: c = 438, 750, 937).
+
+Forward process. ``x_i = c_i M_i x_{i−1} + η_i`` with ``M_i`` one halving at a change step and the identity
+otherwise; the marginal is ``q(x_t | x0) = N(α_t M_{1:t} x0, σ_t² Σ_ℓ(t))`` at resolution r(t), where Σ_ℓ is
+the noise model's covariance at level ℓ's resolution (white: I; cloud: the same Δ at every level, since a power
+law has no scale). The step noise ``η_i ~ N(0, σ_t² Σ_t − c² σ_s² M Σ_s Mᵀ)`` is what keeps the marginal so.
+
+Resize operators M (one halving):
+
+* ``"mean"``: 2×2 block mean; Mᵀ is nearest up-sampling divided by 4, so ``M Mᵀ = I / 4``;
+* ``"bilinear"``: antialiased bilinear (the anchor's), Mᵀ by ``jax.linear_transpose``.
+
+Posterior at a step t → s (x̂0 at r(s), μ_s = α_s x̂0, c = α_t / α_s, ρ = σ_s² / σ_t²). With
+``B = Σ_t^{−1/2} M Σ_s^{1/2}`` (the resize in whitened coordinates),
+
+    mean = μ_s + ρ c Σ_s Mᵀ Σ_t⁻¹ (x_t − c M μ_s),
+    cov  = σ_s² Σ_s^{1/2} (I − ρ c² BᵀB) Σ_s^{1/2},
+
+and a draw is ``σ_s Σ_s^{1/2} (ξ + Bᵀ g(BBᵀ) B ξ)``, ξ white, ``g(λ) = (√(1 − ρc²λ) − 1) / λ``, because
+``(I − ρc² BᵀB)^{1/2} = I + Bᵀ g(BBᵀ) B``. Only g of the *small* matrix BBᵀ is needed:
+
+* ``"mean"`` with Π-diagonal Σ (white, or cloud in its Π-diagonal form): ``M Σ_s Mᵀ`` commutes with one-pixel
+  shifts of the coarse grid, so BBᵀ is Π-diagonal too and g(BBᵀ) is applied **exactly** per mode. For white
+  noise BBᵀ = I/4: the covariance has two eigenvalues, σ_s²(1 − ρc²/4) on the range of Mᵀ (block-constant
+  images) and σ_s² on its complement. For cloud noise BBᵀ has one value per coarse mode (its ratio to 1/4 is
+  the downsampled field's power over the coarse noise model's), still exact.
+* ``"bilinear"``: BBᵀ is not diagonal (edge handling); g(BBᵀ)v is computed by Lanczos (40 iterations, as the
+  anchor) with full re-orthogonalisation — see :func:`lanczos_apply`.
+
+Where ``ρc²λ > 1`` for some mode (the down-sampled noise has more power there than the coarse noise model) the
+forward kernel would need negative variance; the square root is clipped at 0 there, as the anchor clamps ρ.
+
+Cloud noise with ``pad > 1`` (the aperiodic crop) is drawn exactly from the noise model in the forward process
+and within a level; at a resolution change the posterior uses its Π-diagonal covariance (``fourier_variance``),
+the approximation :func:`cloudjax.gaussian_oracle` makes too. With ``pad = 1`` everything is exact.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from cloudjax.diffusion import GaussianDiffusion
+from cloudjax.noise import WhiteNoise
+from cloudjax.schedules import time_grid
+from cloudjax.spectral import irfft_real, rfft_real
+
+__all__ = [
+    "RESOLUTION_SCHEDULES",
+    "RESIZES",
+    "level_schedule",
+    "change_steps",
+    "downsample",
+    "downsample_transpose",
+    "degrade",
+    "lanczos_apply",
+    "ScaleSpaceDiffusion",
+]
+
+RESOLUTION_SCHEDULES = ("convex_decay", "equal")
+RESIZES = ("mean", "bilinear")
+
+
+def level_schedule(num_steps: int, levels: int, schedule: str = "convex_decay", gamma: float = 0.5) -> np.ndarray:
+    """``(num_steps,)`` int level ℓ(i) of each step i = 0 … T−1 (see the module docstring)."""
+    if schedule not in RESOLUTION_SCHEDULES:
+        raise ValueError(f"resolution_schedule must be one of {RESOLUTION_SCHEDULES}, got {schedule!r}")
+    if isinstance(levels, bool) or int(levels) != levels or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels}")
+    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    tau = np.arange(num_steps, dtype=np.float64) / max(num_steps - 1, 1)
+    frac = 1.0 - (1.0 - tau) ** (gamma if schedule == "convex_decay" else 1.0)
+    return np.minimum(np.floor(frac * levels), levels - 1).astype(np.int64)
+
+
+def change_steps(levels: np.ndarray) -> np.ndarray:
+    """Steps c with ``levels[c] > levels[c − 1]`` (where the forward process halves the resolution)."""
+    return np.flatnonzero(np.diff(levels) > 0) + 1
+
+
+def _check_image(x: jnp.ndarray) -> tuple[int, int]:
+    if x.ndim < 3 or x.shape[-3] % 2 or x.shape[-2] % 2:
+        raise ValueError(f"x must be (..., H, W, C) with even H and W, got shape {x.shape}")
+    return x.shape[-3], x.shape[-2]
+
+
+def downsample(x: jnp.ndarray, resize: str = "mean") -> jnp.ndarray:
+    """One halving M: ``(..., H, W, C) → (..., H/2, W/2, C)``, 2×2 block mean or antialiased bilinear."""
+    H, W = _check_image(x)
+    if resize == "mean":
+        return x.reshape(*x.shape[:-3], H // 2, 2, W // 2, 2, x.shape[-1]).mean(axis=(-4, -2))
+    if resize == "bilinear":
+        return jax.image.resize(x, (*x.shape[:-3], H // 2, W // 2, x.shape[-1]), "linear", antialias=True)
+    raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+
+
+def downsample_transpose(y: jnp.ndarray, resize: str = "mean") -> jnp.ndarray:
+    """Mᵀ: ``(..., h, w, C) → (..., 2h, 2w, C)``; for ``"mean"`` nearest up-sampling / 4."""
+    if resize == "mean":
+        return jnp.repeat(jnp.repeat(y, 2, axis=-3), 2, axis=-2) / 4.0
+    fine = jax.ShapeDtypeStruct((*y.shape[:-3], 2 * y.shape[-3], 2 * y.shape[-2], y.shape[-1]), y.dtype)
+    return jax.linear_transpose(lambda x: downsample(x, resize), fine)(y)[0]
+
+
+def degrade(x0: jnp.ndarray, level: int, resize: str = "mean") -> jnp.ndarray:
+    """``M_{1:ℓ} x0``: ``level`` halvings."""
+    for _ in range(level):
+        x0 = downsample(x0, resize)
+    return x0
+
+
+def lanczos_apply(matvec: Callable, v: jnp.ndarray, fn: Callable, iterations: int) -> jnp.ndarray:
+    """``fn(A) v`` for a symmetric PSD operator A ≈ ``‖v‖ Q fn(T) e_1`` from ``iterations`` Lanczos steps.
+
+    Full re-orthogonalisation; a Krylov space that closes early (exact breakdown) gives the exact result (the
+    remaining basis vectors are zero). ``v`` has any shape; ``matvec`` maps that shape to itself.
+    """
+    n = v.size
+    k = int(min(iterations, n))
+    flat = lambda u: matvec(u.reshape(v.shape)).reshape(-1)
+    norm = jnp.linalg.norm(v)
+    q0 = v.reshape(-1) / jnp.where(norm > 0, norm, 1.0)
+
+    def body(j, carry):
+        Q, alphas, betas = carry
+        w = flat(Q[j])
+        a = jnp.dot(Q[j], w)
+        w = w - Q.T @ (Q @ w)  # full re-orthogonalisation against every previous vector (twice is enough)
+        w = w - Q.T @ (Q @ w)
+        b = jnp.linalg.norm(w)
+        alive = b > 1e-5 * jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(a))  # else the Krylov space closed
+        Q = Q.at[j + 1].set(jnp.where(alive, w / jnp.where(alive, b, 1.0), 0.0))
+        return Q, alphas.at[j].set(a), betas.at[j].set(jnp.where(alive, b, 0.0))
+
+    Q = jnp.zeros((k + 1, n), v.dtype).at[0].set(q0)
+    Q, alphas, betas = jax.lax.fori_loop(0, k, body, (Q, jnp.zeros(k, v.dtype), jnp.zeros(k, v.dtype)))
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    lam, U = jnp.linalg.eigh(T)
+    coef = U @ (fn(lam) * U[0])
+    return (norm * (Q[:k].T @ coef)).reshape(v.shape)
+
+
+def _g_sqrt(rho_c2):
+    """g(λ) = (√(1 − ρc²λ) − 1) / λ, written without the division (and clipped where ρc²λ > 1)."""
+    return lambda lam: -rho_c2 / (1.0 + jnp.sqrt(jnp.maximum(1.0 - rho_c2 * lam, 0.0)))
+
+
+@struct.dataclass
+class ScaleSpaceDiffusion:
+    """Scale Space Diffusion over any noise model and α/σ schedule; a frozen pytree (``noise`` is its only node).
+
+    A :class:`~cloudjax.process.ForwardProcess` of kind ``"scale_space"`` (samplers ``"ddpm"``, the anchor's
+    ancestral one, and ``"ddim"``; one stage per level). The network predicts x0 at the resolution of the step's
+    output, r(s): ``denoise_fn(x_t, t)`` within a level, ``denoise_fn(x_t, t, upsample=True)`` at a change step
+    (input at r(t), output at twice that size).
+    The loss is the x0 MSE with ``loss_weighting`` (default min(SNR, 5), the anchor's).
+
+    Attributes:
+      image_size: the data's ``H`` (square) or ``(H, W)``, each divisible by 2^(levels − 1).
+      levels: L >= 1; L = 1 is :class:`~cloudjax.GaussianDiffusion` with x0 prediction.
+      noise: noise model (``WhiteNoise``, ``PowerLawNoise``) sampled at each level's resolution.
+      schedule: α/σ schedule (name or object, as for ``GaussianDiffusion``); step i sits at t = (i + 1) / T.
+      num_steps: T, the number of discrete steps the resolution schedule is defined on.
+      resolution_schedule: ``"convex_decay"`` or ``"equal"``; gamma: γ of convex_decay.
+      resize: ``"mean"`` (block mean; exact posterior) or ``"bilinear"`` (antialiased; Lanczos posterior).
+      loss_weighting, min_snr_gamma: as for ``GaussianDiffusion`` (prediction is always x0).
+      lanczos_iterations: Lanczos steps for the bilinear posterior (the anchor uses 40).
+    """
+
+    kind: ClassVar[str] = "scale_space"
+    network_upsamples: ClassVar[bool] = True  # at a change step the sampler calls denoise_fn(x, t, upsample=True)
+
+    image_size: Any = struct.field(pytree_node=False, default=64)
+    levels: int = struct.field(pytree_node=False, default=4)
+    noise: Any = struct.field(default_factory=WhiteNoise)
+    schedule: Any = struct.field(pytree_node=False, default="linear")
+    num_steps: int = struct.field(pytree_node=False, default=1000)
+    resolution_schedule: str = struct.field(pytree_node=False, default="convex_decay")
+    gamma: float = struct.field(pytree_node=False, default=0.5)
+    resize: str = struct.field(pytree_node=False, default="mean")
+    loss_weighting: str = struct.field(pytree_node=False, default="min_snr")
+    min_snr_gamma: float = struct.field(pytree_node=False, default=5.0)
+    lanczos_iterations: int = struct.field(pytree_node=False, default=40)
+
+    def __post_init__(self):
+        size = self.image_size
+        size = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+        object.__setattr__(self, "image_size", size)
+        level_schedule(self.num_steps, self.levels, self.resolution_schedule, self.gamma)  # checks its arguments
+        factor = 2 ** (self.levels - 1)
+        if len(size) != 2 or min(size) < 1 or size[0] % factor or size[1] % factor:
+            raise ValueError(
+                f"levels={self.levels} needs an image size divisible by 2^(levels - 1) = {factor}, got {size}"
+            )
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {self.resize!r}")
+        if getattr(self.noise, "channel_cov", None) is not None:
+            raise ValueError("ScaleSpaceDiffusion supports noise without channel_cov only")
+        if int(self.lanczos_iterations) != self.lanczos_iterations or self.lanczos_iterations < 1:
+            raise ValueError(f"lanczos_iterations must be an integer >= 1, got {self.lanczos_iterations}")
+        gaussian = GaussianDiffusion(self.noise, self.schedule, "x0", self.loss_weighting, self.min_snr_gamma)
+        object.__setattr__(self, "schedule", gaussian.schedule)
+
+    # -- the resolution schedule -------------------------------------------------------------------------
+
+    @property
+    def gaussian(self) -> GaussianDiffusion:
+        """The Gaussian process of one level (x0 prediction): α/σ, loss weights and norms."""
+        return GaussianDiffusion(self.noise, self.schedule, "x0", self.loss_weighting, self.min_snr_gamma)
+
+    @property
+    def step_levels(self) -> np.ndarray:
+        """``(T,)`` level of each discrete step."""
+        return level_schedule(self.num_steps, self.levels, self.resolution_schedule, self.gamma)
+
+    @property
+    def change_times(self) -> np.ndarray:
+        """Continuous times ``(c + 1) / T`` of the change steps c, increasing, float32."""
+        return ((change_steps(self.step_levels) + 1) / self.num_steps).astype(np.float32)
+
+    def step(self, t) -> np.ndarray:
+        """The discrete step i of continuous times t (``t ∈ ((i)/T, (i + 1)/T]``; t = 0 → step 0), host-side."""
+        i = np.ceil(np.asarray(t, np.float64) * self.num_steps - 1e-3).astype(np.int64) - 1
+        return np.clip(i, 0, self.num_steps - 1)
+
+    def level(self, t) -> np.ndarray:
+        """The level ℓ(t) of the state x_t (host-side, t of any shape)."""
+        return self.step_levels[self.step(t)]
+
+    def size_at(self, level: int) -> tuple[int, int]:
+        """``(H, W)`` at a level."""
+        return self.image_size[0] >> int(level), self.image_size[1] >> int(level)
+
+    def resolution(self, t) -> tuple[int, int]:
+        """``(H, W)`` of x_t for a scalar time t in [0, 1]."""
+        return self.size_at(int(self.level(float(t))))
+
+    def is_change(self, t) -> np.ndarray:
+        """Whether t is the time of a change step (the network's output is one level finer than its input)."""
+        return np.isin(self.step(t), change_steps(self.step_levels)) & (np.asarray(t) > 0)
+
+    def alpha_sigma(self, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(α_t, σ_t) for t in [0, 1]."""
+        return self.schedule.alpha_sigma(t)
+
+    def time_grid(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> np.ndarray:
+        """``(steps + 1,)`` decreasing times: uniform, with the nearest interior time moved onto each change time
+        in (t_end, t_start) so every resolution change is a step of its own (step skipping keeps them); the same
+        NFE as the uniform grid. ``ValueError`` if ``steps`` is too small to hold them all."""
+        ts = time_grid(steps, t_start, t_end).astype(np.float64)
+        changes = [c for c in self.change_times if t_end < c < t_start]
+        if len(changes) > steps - 1:
+            raise ValueError(f"steps must be >= {len(changes) + 1} to keep the {len(changes)} resolution changes")
+        free = list(range(1, steps))
+        for c in changes:
+            j = min(free, key=lambda i: abs(ts[i] - c))
+            free.remove(j)
+            ts[j] = c
+        ts[1:-1] = np.sort(ts[1:-1])[::-1]
+        return ts.astype(np.float32)
+
+    # -- the forward process -----------------------------------------------------------------------------
+
+    def q_sample(self, key: jax.Array, x0: jnp.ndarray, t: jnp.ndarray, noise=None, level: int | None = None):
+        """``x_t = α_t M_{1:ℓ} x0 + σ_t ε`` at level ℓ = ``level`` (default ℓ(t); t must be concrete then and
+        of one level); ε from the noise model at that resolution (or ``noise``)."""
+        x0 = jnp.asarray(x0, jnp.float32)
+        if level is None:
+            levels = np.unique(self.level(np.asarray(t)))
+            if len(levels) != 1:
+                raise ValueError(f"t spans levels {levels.tolist()}; a batch must have one resolution")
+            level = int(levels[0])
+        mean = degrade(x0, level, self.resize)
+        if noise is None:
+            noise = self.noise.sample(key, mean.shape)
+        t = jnp.asarray(t, jnp.float32)
+        alpha, sigma = self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))
+        return alpha * mean + sigma * noise
+
+    def _level_error(self, apply_fn, x0, u, eps_key, lo: float, hi: float, level: int, upsample: bool):
+        """Weighted x0 error of one batch at one level: stratified t in (lo, hi] (or t = u for a change step)."""
+        B = x0.shape[0]
+        if upsample:
+            t = jnp.full((B,), u, jnp.float32)
+        else:
+            t = lo + (hi - lo) * jnp.mod((u - lo) / (hi - lo) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
+        clean = degrade(x0, level, self.resize)
+        eps = self.noise.sample(eps_key, clean.shape)
+        x_t = self.q_sample(None, x0, t, noise=eps, level=level)
+        target = degrade(x0, level - 1, self.resize) if upsample else clean
+        out = apply_fn(x_t, t, upsample=True) if upsample else apply_fn(x_t, t)
+        g = self.gaussian
+        return jnp.mean(g.time_weight(t) * g.squared_error(out.astype(jnp.float32) - target))
+
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
+        """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the anchor's batches).
+
+        One u ~ U(0, 1) picks the step; at a change step the whole batch uses t = u, otherwise t is stratified
+        over the non-change steps of u's level, ``t_b = lo + (hi − lo)((v + b/B) mod 1)``. Each t is U(0, 1)
+        marginally. One compiled program holds a branch per level and per change step (``lax.switch``); only
+        the drawn one runs. With L = 1 this is ``GaussianDiffusion(prediction="x0").loss`` exactly.
+        """
+        x0 = jnp.asarray(x0, jnp.float32)
+        if x0.ndim != 4 or x0.shape[1:3] != self.image_size:
+            raise ValueError(f"x0 must be (batch, {self.image_size[0]}, {self.image_size[1]}, C), got {x0.shape}")
+        key_t, key_eps = jax.random.split(key)
+        u = jax.random.uniform(key_t, (), jnp.float32)
+        T, levels, changes = self.num_steps, self.step_levels, change_steps(self.step_levels)
+        branches, branch_of_step = [], np.empty(T, np.int64)
+        for level in range(self.levels):
+            steps = np.flatnonzero((levels == level) & ~np.isin(np.arange(T), changes))
+            lo, hi = steps[0] / T, (steps[-1] + 1) / T
+            branch_of_step[steps] = len(branches)
+            branches.append((lo, hi, level, False))
+        for c in changes:
+            branch_of_step[c] = len(branches)
+            branches.append((c / T, (c + 1) / T, int(levels[c]), True))
+        fns = [lambda u, b=b: self._level_error(apply_fn, x0, u, key_eps, *b) for b in branches]
+        if len(fns) == 1:
+            return fns[0](u)
+        step = jnp.clip(jnp.ceil(u * T).astype(jnp.int32) - 1, 0, T - 1)
+        return jax.lax.switch(jnp.asarray(branch_of_step, jnp.int32)[step], fns, u)
+
+    # -- the sampler's interface (cloudjax.process.ForwardProcess) ---------------------------------------------
+
+    def stages(self, steps: int, t_start: float = 1.0, t_end: float = 0.0) -> tuple[np.ndarray, ...]:
+        """:meth:`time_grid` cut into one stage per level, coarsest first; t_start must lie in the last level."""
+        if self.level(t_start) != self.levels - 1:
+            raise ValueError(f"t_start must be above the last resolution change {self.change_times[-1]:.4f}")
+        ts = self.time_grid(steps, t_start, t_end)
+        return tuple(np.split(ts, np.flatnonzero(np.diff(self.level(ts))) + 1))
+
+    def state_shape(self, shape: tuple[int, ...], stage: int) -> tuple[int, ...]:
+        """``(B, h, w, C)`` of stage ``stage`` (level L − 1 − stage)."""
+        return (shape[0], *self.size_at(self.levels - 1 - stage), shape[-1])
+
+    def coefficients(self, ts: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(α, σ) at each time."""
+        return self.alpha_sigma(ts)
+
+    def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
+        """``σ_start ε`` at the coarsest resolution, ε = ``init`` or a noise-model draw (the data part α M x0 has
+        mean 0 for normalised data and is dropped, as for GaussianDiffusion)."""
+        coarse = self.state_shape(shape, 0)
+        if init is None:
+            return at_start[1] * self.noise.sample(key, coarse)
+        if jnp.shape(init) != coarse:
+            raise ValueError(f"init_noise must have the coarsest level's shape {coarse}, got {jnp.shape(init)}")
+        return at_start[1] * init
+
+    def predict(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(x̂0, ε̂): the output is x̂0 (at r(s)); ``ε̂ = (x_t − α_t M x̂0) / σ_t`` at r(t)."""
+        alpha, sigma = (v[:, None, None, None] for v in self.alpha_sigma(t))
+        seen = downsample(out, self.resize) if out.shape != x_t.shape else out
+        return out, (x_t - alpha * seen) / sigma
+
+    def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
+        """x̂0 at the last time, or the state itself where σ = 0 there."""
+        return jnp.where(at_end[1] > 0, x0, x)
+
+    def gaussian_step(self, step, key, eta, stochasticity):
+        """The ``"ddpm"``/``"ddim"`` update at a resolution change (the state's shape changes), else None (the
+        Gaussian rule applies within a level). η = 1 (ddpm): a draw from the posterior; otherwise the DDIM-type
+        step (:meth:`change_ddim`); the author's stochasticity does not apply here."""
+        if step.shape == step.x.shape:
+            return None
+        xi = jax.random.normal(key, step.shape, jnp.float32)
+        args = (step.x, step.x0, step.at_t, step.at_s, xi)
+        return jax.lax.cond(eta >= 1.0, lambda a: self.change_posterior(*a), lambda a: self.change_ddim(*a), args)
+
+    # -- the reverse process at a resolution change --------------------------------------------------------
+
+    def _fourier_variance(self, shape) -> np.ndarray:
+        with jax.ensure_compile_time_eval():
+            return np.asarray(self.noise.fourier_variance(shape[-3], shape[-2]), np.float64)[..., None]
+
+    def _cov_power(self, x: jnp.ndarray, p: float) -> jnp.ndarray:
+        """``Σ^p x`` with Σ the noise's Π-diagonal covariance at x's resolution (x itself for white noise)."""
+        S = self._fourier_variance(x.shape)
+        if np.all(S == 1.0):
+            return x
+        return irfft_real(jnp.asarray(S**p, jnp.float32) * rfft_real(x))
+
+    def _B(self, v: jnp.ndarray) -> jnp.ndarray:
+        """``B = Σ_t^{−1/2} M Σ_s^{1/2}``: fine (r(s)) → coarse (r(t)), whitened."""
+        return self._cov_power(downsample(self._cov_power(v, 0.5), self.resize), -0.5)
+
+    def _Bt(self, w: jnp.ndarray) -> jnp.ndarray:
+        """Bᵀ: coarse → fine."""
+        return self._cov_power(downsample_transpose(self._cov_power(w, -0.5), self.resize), 0.5)
+
+    def gram_diagonal(self, coarse_shape) -> np.ndarray:
+        """``(h, w, 1)`` Π-space diagonal of BBᵀ at the coarse resolution ``(..., h, w, C)`` (``resize="mean"``).
+
+        BBᵀ commutes with the coarse grid's shifts, so it is Π-diagonal and ``d = Π BBᵀ Πᵀ 1`` (one probe)."""
+        return _gram_diagonal(self.noise, self.resize, tuple(coarse_shape[-3:-1]))
+
+    def _gram_apply(self, w: jnp.ndarray, fn: Callable) -> jnp.ndarray:
+        """``fn(BBᵀ) w`` for coarse images w ``(B, h, w, C)``: exact per Π mode (mean) or by Lanczos (bilinear)."""
+        if self.resize == "mean":
+            d = self.gram_diagonal(w.shape)
+            if np.allclose(d, d.flat[0], rtol=1e-6):
+                return fn(jnp.float32(d.flat[0])) * w
+            return irfft_real(fn(jnp.asarray(d, jnp.float32)) * rfft_real(w))
+        matvec = lambda u: self._B(self._Bt(u[None]))[0]
+        return jax.vmap(lambda u: lanczos_apply(matvec, u, fn, self.lanczos_iterations))(w)
+
+    def change_posterior(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
+        """A draw from q(x_s | x_t, x0) across one halving: x_t ``(B, h, w, C)`` at r(t), x0 and the white ξ
+        ``(B, 2h, 2w, C)`` at r(s); ξ = 0 gives the mean. at_t, at_s: (α, σ) at t and s (module docstring)."""
+        (a_t, s_t), (a_s, s_s) = at_t, at_s
+        c, rho = a_t / a_s, s_s**2 / s_t**2
+        mu = a_s * x0
+        resid = x_t - c * downsample(mu, self.resize)
+        mean = mu + rho * c * self._cov_power(self._Bt(self._cov_power(resid, -0.5)), 0.5)
+        noise = self._cov_power(xi + self._Bt(self._gram_apply(self._B(xi), _g_sqrt(rho * c**2))), 0.5)
+        return mean + s_s * noise
+
+    def change_ddim(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
+        """The deterministic (DDIM-type) step across one halving: ``x_s = α_s x̂0 + σ_s ε_s`` with
+        ``ε_s = Σ_s^{1/2}(Bᵀ(BBᵀ)^{−1/2} ξ_t + (I − Bᵀ(BBᵀ)⁻¹B) ξ)``, ξ_t = Σ_t^{−1/2} ε̂_t the whitened predicted
+        noise. The part of ε_s that x_t determines is carried deterministically; the complement (the new
+        detail) is fresh noise ξ — a deterministic map cannot create those degrees of freedom. If ε̂_t is
+        N(0, Σ_t), ε_s is exactly N(0, Σ_s)."""
+        (a_t, s_t), (a_s, s_s) = at_t, at_s
+        eps_t = (x_t - a_t * downsample(x0, self.resize)) / s_t
+        carried = self._Bt(self._gram_apply(self._cov_power(eps_t, -0.5), jax.lax.rsqrt))
+        fresh = xi - self._Bt(self._gram_apply(self._B(xi), lambda lam: 1.0 / lam))
+        return a_s * x0 + s_s * self._cov_power(carried + fresh, 0.5)
+
+
+@functools.lru_cache(maxsize=64)
+def _gram_diagonal(noise, resize: str, coarse: tuple[int, int]) -> np.ndarray:
+    process = ScaleSpaceDiffusion(image_size=(2 * coarse[0], 2 * coarse[1]), levels=2, noise=noise, resize=resize)
+    probe = lambda p: rfft_real(process._B(process._Bt(irfft_real(p))))
+    with jax.ensure_compile_time_eval():
+        d = np.asarray(jax.jit(probe)(jnp.ones((1, *coarse, 1), jnp.float32)), np.float64)[0]
+    d.setflags(write=False)
+    return d
