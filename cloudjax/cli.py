@@ -22,6 +22,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, 2**63) (what NumPy and JAX both take)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
+    return seed
+
+
+def _writable_folder(path, flag: str) -> None:
+    """``UsageError`` now, before any work, if folder ``path`` (for ``flag``) could not be created or written."""
+    import os
+    from pathlib import Path
+
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside a file ({existing})"
+        raise UsageError(f"{flag} {path} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
@@ -42,7 +67,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--image-size", type=int, default=32, help="image height and width in pixels")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
 
 
 def _open_data(args: argparse.Namespace, channels: int | None = None):
@@ -72,6 +97,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = _open_data(args, channels=args.channels)
+    _writable_folder(args.out, "--out")
     total = source.num_examples if args.num is None else min(args.num, source.num_examples)
     if total < 2:
         raise UsageError(f"stats needs at least 2 images, the data has {total}")
@@ -103,6 +129,7 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train or resume the run in --workdir up to --steps; exit 1 on divergence, 143 after SIGTERM."""
+    from cloudjax._files import WorkdirBusy
     from cloudjax.train import TrainingDiverged, check_workdir, initialize_distributed, train
 
     config = _train_config(args)
@@ -117,12 +144,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (ValueError, WorkdirBusy) as e:  # a different run or data, a damaged run.json, a busy workdir, ...
+        raise UsageError(str(e)) from None
+    except OSError as e:  # a full disk, a lost mount
+        print(f"error: {e.filename or args.workdir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"step {summary['step']}: checkpoint {summary['last_checkpoint']} in {args.workdir}")
     return 143 if summary["preempted"] else 0
 
 
+def _write_npz(path, batches, shape: tuple[int, ...], info: dict) -> None:
+    """An .npz (``np.load``-able) with ``images`` of ``shape`` float32 streamed from ``batches`` (memory: one
+    batch) and the scalars ``info``, written to a temporary file and renamed into place when complete."""
+    import os
+    import tempfile
+    import zipfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            with z.open("images.npy", "w", force_zip64=True) as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+                np.lib.format.write_array_header_2_0(f, {**header, "shape": shape})
+                for batch in batches:
+                    f.write(np.ascontiguousarray(batch, "<f4").tobytes())
+            for name, value in info.items():
+                with z.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(value))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
-    """EMA samples of the newest (or --checkpoint) checkpoint in --workdir → OUT.png grid + OUT.npz."""
+    """EMA samples of the newest (or --checkpoint) checkpoint in --workdir → OUT.png grid + OUT.npz.
+
+    Samples are drawn ``--batch-size`` at a time (batch i with key ``fold_in(key(seed), i)``) and streamed to
+    the .npz, so memory does not grow with ``--num``; the PNG shows the first :data:`GRID_MAX`.
+    """
     from pathlib import Path
 
     import jax
@@ -131,30 +194,49 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from cloudjax.plots import save_image_grid
     from cloudjax.train import generate, load_run
 
-    if args.num < 1 or (args.steps is not None and args.steps < 1):
-        raise UsageError(f"--num and --steps must be >= 1, got {args.num} and {args.steps}")
-    try:
-        run, graphdef, state = load_run(args.workdir, step=args.checkpoint)
-        if run.config.process == "cold" and (args.restore or not run.config.generation):
-            return _sample_restorations(args, run, graphdef, state)
-        if args.restore or args.data:
-            raise UsageError("--restore and --data apply to cold runs")
-        images = generate(
-            run, graphdef, state.ema, jax.random.key(args.seed), args.num, args.steps, args.method, t_start=args.t_start
+    if args.num < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
+        raise UsageError(
+            f"--num, --steps and --batch-size must be >= 1, got {args.num}, {args.steps} and {args.batch_size}"
         )
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(str(e)) from None
     out = Path(args.out)
     stem = out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    _writable_folder(stem.parent, "--out")
+    try:
+        run, graphdef, state = load_run(args.workdir, step=args.checkpoint)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    if run.config.process == "cold" and (args.restore or not run.config.generation):
+        return _sample_restorations(args, run, graphdef, state)
+    if args.restore or args.data:
+        raise UsageError("--restore and --data apply to cold runs")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    save_image_grid(images, stem.with_suffix(".png"))
+    c = run.config
+    batch = min(args.batch_size, args.num)
+    grid = []
+
+    def batches():
+        for i, start in enumerate(range(0, args.num, batch)):
+            key = jax.random.fold_in(jax.random.key(args.seed), i)
+            try:
+                x = generate(run, graphdef, state.ema, key, batch, args.steps, args.method, t_start=args.t_start)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            x = x[: args.num - start]
+            if sum(map(len, grid)) < GRID_MAX:
+                grid.append(x[: GRID_MAX - sum(map(len, grid))])
+            yield x
+
     process = run.diffusion
     method = args.method or registry.samplers_for(process.kind)[0]
     steps = args.steps or getattr(process, "steps", 50)
     info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=args.t_start)
-    np.savez(stem.with_suffix(".npz"), images=images, **info)
+    _write_npz(stem.with_suffix(".npz"), batches(), (args.num, c.image_size, c.image_size, c.channels), info)
+    save_image_grid(np.concatenate(grid), stem.with_suffix(".png"))
     print(f"{args.num} samples of step {info['step']} → {stem}.png, {stem}.npz")
     return 0
+
+
+GRID_MAX = 256  # images in the PNG grid of `sample`
 
 
 def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
@@ -303,15 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default=None, help="images to restore (default: the run's data; pass held-out data)")
     p.add_argument("--t-start", type=float, default=1.0, help="start time in (0, 1] (the author used 0.95 for cloud)")
-    p.add_argument("--checkpoint", type=int, default=None, help="checkpoint step (default: the newest)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same samples)")
+    p.add_argument("--checkpoint", type=int, default=None, help="checkpoint step (default: the newest that verifies)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (memory does not grow with --num)")
+    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed and batch size, same samples)")
     p.set_defaults(func=_cmd_sample)
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")
     p.add_argument("--minutes", type=float, default=7.0, help="time budget of the whole demo (training stops early)")
     p.add_argument("--steps", type=int, default=20_000, help="training steps per model (stops early at --minutes)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (8 px, a few steps)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=_cmd_demo)
     for p in sub.choices.values():
         p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
@@ -330,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory (a smaller --batch-size, --num or data set fits)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -79,6 +79,26 @@ def from_x0_eps(prediction: str, x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma
     return {"eps": lambda: eps, "x0": lambda: x0, "v": lambda: alpha * eps - sigma * x0}[prediction]()
 
 
+def check_output(out, shape, name: str = "denoise_fn"):
+    """The network output ``out`` as float32 after checking, at trace time, that it is a real array of ``shape``
+    (a wrong shape would otherwise broadcast or truncate silently); ``ValueError`` naming ``name``."""
+    if jnp.shape(out) != tuple(shape):
+        raise ValueError(f"{name} must return an array of shape {tuple(shape)} (x_t's), got {jnp.shape(out)}")
+    if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+        raise ValueError(f"{name} must return real floating-point values, got dtype {jnp.result_type(out)}")
+    return jnp.asarray(out).astype(jnp.float32)
+
+
+def _check_t(t) -> None:
+    """``ValueError`` if a concrete t (not traced under jit) leaves [0, 1]."""
+    try:
+        t = np.asarray(t)
+    except jax.errors.TracerArrayConversionError:
+        return
+    if not np.all((t >= 0) & (t <= 1)):
+        raise ValueError(f"t must be in [0, 1], got {t}")
+
+
 def _per_example(t: jnp.ndarray, ndim: int) -> jnp.ndarray:
     """Broadcast a ``(batch,)`` (or scalar) t-dependent value against ``(batch, H, W, C)``."""
     t = jnp.asarray(t, jnp.float32)
@@ -141,6 +161,7 @@ class GaussianDiffusion:
           noise: optional ε of x0's shape.
         """
         x0 = jnp.asarray(x0)
+        _check_t(t)
         if noise is None:
             noise = self.noise.sample(key, x0.shape)
         alpha, sigma = self.alpha_sigma(_per_example(t, x0.ndim))
@@ -183,7 +204,7 @@ class GaussianDiffusion:
         t = jnp.mod(jax.random.uniform(key_t, (), jnp.float32) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
         eps = self.noise.sample(key_eps, x0.shape)
         x_t = self.q_sample(None, x0, t, noise=eps)
-        err = apply_fn(x_t, t).astype(jnp.float32) - self.target(x0, eps, t)
+        err = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn") - self.target(x0, eps, t)
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
 
     # The sampler's side of the ForwardProcess interface (see cloudjax.process).

@@ -38,10 +38,12 @@ def power_law_spectrum(H: int, W: int, delta: float) -> np.ndarray:
     """``(H, W)`` Π-space variance ``max(|k|, k_min)^(-2Δ)`` of the periodic field, normalised to mean 1.
 
     Mean 1 over the grid means per-pixel variance 1 (Π∘FFT is orthonormal). ``k_min = 1 / max(H, W)``.
+    Computed as ``exp(−2Δ (log k − log k_min))`` (largest entry 1) before the normalisation, so no Δ overflows:
+    for a very steep spectrum the variance goes to the lowest modes and the highest underflow to 0.
     """
     _check_delta_pad(delta, 1)
-    k = np.maximum(wavenumbers(H, W).astype(np.float64), 1.0 / max(H, W))
-    S = k ** (-2.0 * delta)
+    log_k = np.log(np.maximum(wavenumbers(H, W).astype(np.float64), 1.0 / max(H, W)))
+    S = np.exp(-2.0 * delta * (log_k - log_k.min()))
     return S / S.mean()
 
 

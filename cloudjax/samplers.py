@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from cloudjax import registry
+from cloudjax.diffusion import check_output
 
 __all__ = ["sample", "METHODS", "Sampler", "Step"]
 
@@ -215,7 +216,7 @@ def _sample(
         t = jnp.full((batch,), t, jnp.float32)
         grow = out_shape not in (None, x.shape) and getattr(process, "network_upsamples", False)
         kw = {"upsample": True} if grow else {}
-        return process.predict(denoise_fn(x, t, **kw).astype(jnp.float32), x, t)
+        return process.predict(check_output(denoise_fn(x, t, **kw), out_shape if grow else x.shape), x, t)
 
     def body(carry, inputs, stage):  # a step t → s with s in ``stage``
         x, memory = carry

@@ -13,9 +13,14 @@ aperiodic, and its plain (boxcar) spectrum leaks power from low to high |k|, whi
 Mahalanobis distances (paper eqs. 41–43) use the reference covariance ``Σ̃ = diag(|k|^{−2Δ})`` in Π space:
 ``d(x, y) = √(Σ_k |k|^{2Δ} (Πx − Πy)²)`` summed over the spatial axes and channels, |k| in cycles per
 pixel, DC weight 0. These units reproduce the scale of the paper's STL-10 numbers (radians per pixel would
-be (2π)^Δ ≈ 16 times larger, integer frequencies 96^Δ ≈ 940 times). Our Π is orthonormal while the
-author's paired entries have variance 1/2, so our distances are √2 times the paper's: two white 96×96
-images at Δ = 1.5 have E d² = 2 Σ|k|³, d ≈ 38.0 here and 26.9 in the author's convention (paper: 27.33).
+be (2π)^Δ ≈ 16 times larger, integer frequencies 96^Δ ≈ 940 times).
+
+The author's units (``units="author"``) differ in two ways: his Π's paired entries are Re Z and Im Z
+(variance 1/2 for white noise, ours carry √2 and are orthonormal), and his |k| is index / (N − 1) where
+ours is index / N. So ``d_author² = (N/(N−1))^{2Δ} · (d² + s) / 2`` with s the self-conjugate modes' part
+of d² (exact per pair, so set distances must be computed in those units, not converted afterwards; ÷√2 is
+1.6–1.9 % off at 96 px and 4.8–5.4 % at 32 px). Two white 96×96 images at Δ = 1.5: d ≈ 38.0 here, 27.3 in the
+author's units (paper: 27.33).
 """
 
 from __future__ import annotations
@@ -318,29 +323,48 @@ def fit_power_law(
 # Mahalanobis distances
 
 
-def mahalanobis_weight(H: int, W: int, delta: float) -> np.ndarray:
-    """``(H, W)`` inverse reference covariance ``|k|^{2Δ}`` in Π layout, |k| in cycles/pixel, DC weight 0."""
+UNITS = ("cloudjax", "author")
+
+
+def mahalanobis_weight(H: int, W: int, delta: float, units: str = "cloudjax") -> np.ndarray:
+    """``(H, W)`` weight on ``(Π x)²`` in Π layout whose sum is the squared Mahalanobis distance to 0, DC weight 0.
+
+    ``units="cloudjax"``: the inverse reference covariance ``|k|^{2Δ}``, |k| in cycles/pixel.
+    ``units="author"``: the Cloud Diffusion author's distance, ``|k'|^{2Δ}`` with ``k' = k·N/(N−1)`` on each
+    axis (his |k| is index / (N − 1)), halved on the paired entries (his Π holds Re Z, Im Z without √2);
+    the self-conjugate modes ``(0 | H/2, 0 | W/2)`` keep weight ``|k'|^{2Δ}``.
+    """
     if not np.isfinite(delta) or delta < 0:
         raise ValueError(f"delta must be a finite number >= 0, got {delta}")
-    k = wavenumbers(H, W).astype(np.float64)
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
+    if units == "cloudjax":
+        k = wavenumbers(H, W).astype(np.float64)
+    else:
+        ky = np.fft.fftfreq(H)[:, None] * H / max(H - 1, 1)
+        kx = np.fft.fftfreq(W)[None, :] * W / max(W - 1, 1)
+        k = np.sqrt(ky**2 + kx**2)
     w = np.where(k > 0, k, 1.0) ** (2 * delta)
+    if units == "author":
+        self_conjugate = np.isin(np.arange(H), [0, H / 2])[:, None] & np.isin(np.arange(W), [0, W / 2])[None, :]
+        w = np.where(self_conjugate, w, w / 2)
     w[0, 0] = 0.0
     return w.astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("delta", "axes"))
-def _weighted_fourier(x, delta: float, axes: tuple[int, int]) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames=("delta", "axes", "units"))
+def _weighted_fourier(x, delta: float, axes: tuple[int, int], units: str = "cloudjax") -> jnp.ndarray:
     """``√w · Π x`` flattened per example: ``(*examples, H·W·C)``; ``‖·‖²`` is the squared distance to 0."""
     x = jnp.asarray(x)
     a, b = _spatial_axes(x.ndim, axes)
     if b != a + 1:
         raise ValueError(f"axes {tuple(axes)} must be two adjacent axes (..., H, W, ...) in that order")
     H, W = x.shape[a], x.shape[b]
-    root_w = np.sqrt(mahalanobis_weight(H, W, delta)).reshape(H, W, *([1] * (x.ndim - b - 1)))
+    root_w = np.sqrt(mahalanobis_weight(H, W, delta, units)).reshape(H, W, *([1] * (x.ndim - b - 1)))
     return (rfft_real(x, axes=(a, b)) * root_w).reshape(*x.shape[:a], -1)
 
 
-def mahalanobis_distance(x, y, delta: float, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+def mahalanobis_distance(x, y, delta: float, axes: Sequence[int] = (-3, -2), units: str = "cloudjax") -> jnp.ndarray:
     """Per-example Mahalanobis distance (paper eq. 43): ``√(Σ |k|^{2Δ} (Πx − Πy)²)``.
 
     Args:
@@ -348,12 +372,13 @@ def mahalanobis_distance(x, y, delta: float, axes: Sequence[int] = (-3, -2)) -> 
       delta: Δ of the reference covariance ``|k|^{−2Δ}``, a Python float (static under jit); 0 gives the
         Euclidean distance without the mean.
       axes: the adjacent spatial axes; the sum runs over them and every axis after them.
+      units: ``"cloudjax"`` or ``"author"`` (the paper's numbers; see :func:`mahalanobis_weight`).
 
     Returns:
       float32 array of shape ``examples``.
     """
     x, y = jnp.broadcast_arrays(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
-    z = _weighted_fourier(x - y, delta, tuple(axes))  # Π is linear
+    z = _weighted_fourier(x - y, delta, tuple(axes), units)  # Π is linear
     return jnp.sqrt(jnp.sum(z * z, axis=-1))
 
 
@@ -365,35 +390,39 @@ def _pairwise_distances(zx: jnp.ndarray, zy: jnp.ndarray) -> jnp.ndarray:
     return jnp.sqrt(jnp.maximum(sq, 0.0))
 
 
-def mahalanobis_between(xs, ys, delta: float, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+def mahalanobis_between(xs, ys, delta: float, axes: Sequence[int] = (-3, -2), units: str = "cloudjax") -> jnp.ndarray:
     """Distance between two sets (eq. 41): the mean of ``d(x_i, y_j)`` over all pairs.
 
     ``ys = None`` measures the spread of ``xs`` itself: the mean over pairs ``i ≠ j``.
     ``xs`` and ``ys`` are ``(N, H, W, *channels)`` with one example axis (``axes`` then ``(1, 2)``);
     the ``(N, M)`` distances come from one Gram matrix of the weighted Π coefficients.
     """
-    zx = _weighted_fourier(xs, delta, tuple(axes))
+    zx = _weighted_fourier(xs, delta, tuple(axes), units)
     if zx.ndim != 2 or zx.shape[0] < (1 if ys is not None else 2):
         raise ValueError(f"xs must be (N, H, W, ...) with N >= 2 (N >= 1 with ys), got {jnp.shape(xs)}")
     if ys is None:
         n = zx.shape[0]
         return jnp.sum(_pairwise_distances(zx, zx) * (1 - jnp.eye(n))) / (n * (n - 1))
-    zy = _weighted_fourier(ys, delta, tuple(axes))
+    zy = _weighted_fourier(ys, delta, tuple(axes), units)
     if zy.shape[1:] != zx.shape[1:] or zy.ndim != 2:
         raise ValueError(f"ys must be (M, ...) with the image shape of xs, got {jnp.shape(ys)} vs {jnp.shape(xs)}")
     return jnp.mean(_pairwise_distances(zx, zy))
 
 
-def mahalanobis_to_center(xs, delta: float, center=0.0, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+def mahalanobis_to_center(
+    xs, delta: float, center=0.0, axes: Sequence[int] = (-3, -2), units: str = "cloudjax"
+) -> jnp.ndarray:
     """Distance of a set to the reference's centre (eq. 42): the mean of ``d(x_i, center)``.
 
     The reference distribution ``N(center, diag |k|^{−2Δ})`` is centred on 0 for normalised data (eq. 19).
     """
-    return jnp.mean(mahalanobis_distance(xs, center, delta, axes))
+    return jnp.mean(mahalanobis_distance(xs, center, delta, axes, units))
 
 
-def mahalanobis_table(data, delta: float, key: jax.Array, axes: Sequence[int] = (-3, -2)) -> dict[str, float]:
-    """The distances of Fig. 19 between white noise, cloud noise (Δ, ``pad=3``) and the data.
+def mahalanobis_table(
+    data, delta: float, key: jax.Array, axes: Sequence[int] = (-3, -2), units: str = "cloudjax"
+) -> dict[str, float]:
+    """The distances of Fig. 19 between white noise, cloud noise (Δ, ``pad=3``) and the data, in ``units``.
 
     ``data`` is ``(N, H, W, *channels)``, normalised (eq. 19); the noise sets are drawn with ``key`` in its
     shape. Keys ``"a-b"`` are set-to-set distances (eq. 41, ``i ≠ j`` within a set), ``"a"`` the distance
@@ -408,9 +437,9 @@ def mahalanobis_table(data, delta: float, key: jax.Array, axes: Sequence[int] = 
     }
     table = {}
     for i, (a, xa) in enumerate(sets.items()):
-        table[a] = float(mahalanobis_to_center(xa, delta, axes=axes))
+        table[a] = float(mahalanobis_to_center(xa, delta, axes=axes, units=units))
         for b, xb in list(sets.items())[i:]:
-            table[f"{a}-{b}"] = float(mahalanobis_between(xa, None if a == b else xb, delta, axes))
+            table[f"{a}-{b}"] = float(mahalanobis_between(xa, None if a == b else xb, delta, axes, units))
     return table
 
 
@@ -440,7 +469,8 @@ def write_stats_report(
 
     Returns:
       the dict written to ``stats.json``: Δ, A, r, image shape, count, per-channel mean and std, the
-      channel covariance, the Mahalanobis table (distances √2 × the paper's convention, see the module
+      channel covariance, the Δ of the noise sets and the table (``noise_delta`` = max(Δ, 0): a fitted Δ < 0,
+      e.g. of white data, has no cloud noise), the Mahalanobis table (cloudjax's units, see the module
       docstring) and the full :class:`DatasetStats` under ``"dataset"``.
     """
     from cloudjax.plots import plot_noise_sheet, plot_power_law_fit
@@ -464,6 +494,7 @@ def write_stats_report(
     if stats.count < 2:
         raise ValueError(f"images must hold at least 2 images, got {stats.count}")
     fit = stats.fit()
+    noise_delta = max(float(fit.delta), 0.0)  # Δ < 0 (a spectrum rising with |k|): no cloud noise; white is closest
     table_data = (np.concatenate(kept) - stats.mean) / np.maximum(stats.std, 1e-6)
     key_table, key_sheet = jax.random.split(jax.random.key(seed))
     H, W, C = stats.image_shape
@@ -477,7 +508,8 @@ def write_stats_report(
         "channel_mean": stats.mean.mean((0, 1)).tolist(),
         "channel_std": np.sqrt((stats.std**2).mean((0, 1))).tolist(),
         "channel_cov": stats.channel_cov.tolist(),
-        "mahalanobis": mahalanobis_table(table_data, fit.delta, key_table),
+        "noise_delta": noise_delta,
+        "mahalanobis": mahalanobis_table(table_data, noise_delta, key_table),
         "mahalanobis_size": len(table_data),
         "dataset": stats.to_dict(),
     }
@@ -485,6 +517,6 @@ def write_stats_report(
     out.mkdir(parents=True, exist_ok=True)
     (out / "stats.json").write_text(json.dumps(report, indent=1))
     plot_power_law_fit(fit, out / "fit.png")
-    deltas = {"white": 0.0, "pink": 1.0, f"cloud (Δ={fit.delta:.2f})": fit.delta, "red": 2.0}
+    deltas = {"white": 0.0, "pink": 1.0, f"cloud (Δ={noise_delta:.2f})": noise_delta, "red": 2.0}
     plot_noise_sheet(key_sheet, max(H, W), deltas=deltas, path=out / "noise.png")
     return report

@@ -19,9 +19,12 @@ a resumed run gives the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -42,6 +45,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cloudjax import registry
+from cloudjax._files import atomic_write, workdir_lock
 from cloudjax.blurring import BlurringDiffusion
 from cloudjax.cold import ColdDiffusion, MeanPrior
 from cloudjax.compile_cache import enable_compile_cache
@@ -84,7 +88,10 @@ class TrainConfig:
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
     batch_size: global batch per step; grad_accum: micro-batches it is split into (divides batch_size).
     steps: total steps to reach. lr: peak learning rate after ``warmup_steps`` linear warm-up, then
-    ``decay`` ("cosine", "linear" or "constant") to ``lr · final_lr_ratio`` at ``decay_steps`` (None: steps).
+    ``decay`` ("cosine", "linear" or "constant") to ``lr · final_lr_ratio`` at ``decay_steps``, then constant.
+    ``decay_steps`` is part of the run: None becomes ``steps`` when the run is created and is stored in
+    ``run.json``, so extending a run with a larger ``steps`` continues at the final lr (the lr is a function of
+    the step alone) and ``--steps 10`` then ``--steps 20`` equals one run of 20 steps with ``decay_steps=10``.
     weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
     noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
     "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
@@ -165,6 +172,16 @@ class TrainConfig:
             raise ValueError("lr and clip_norm must be > 0, final_lr_ratio in [0, 1], ema_decay in [0, 1)")
         if self.warmup_steps < 0 or self.sample_every < 0:
             raise ValueError("warmup_steps and sample_every must be >= 0")
+        for f in dataclasses.fields(self):  # NaN and inf pass every comparison above
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.decay_steps is not None and (int(self.decay_steps) != self.decay_steps or self.decay_steps < 1):
+            raise ValueError(f"decay_steps must be a positive integer or None, got {self.decay_steps}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
         self._check_process()
         if self.levels is not None and self.process != "scale_space":
             raise ValueError("levels applies to --process scale_space only")
@@ -409,7 +426,8 @@ def make_train_step(
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What ``run.json`` holds: the config, the data normaliser (per-channel mean, std), Δ, the channel
-    covariance of colour cloud noise, and the SNR ratio of the calibrated schedule."""
+    covariance of colour cloud noise, the SNR ratio of the calibrated schedule, and a fingerprint of the data
+    (size, image shape, a hash of the normaliser sample) that a resumed run must match."""
 
     config: TrainConfig
     mean: tuple[float, ...]
@@ -418,6 +436,7 @@ class Run:
     channel_cov: tuple[tuple[float, ...], ...] | None = None
     snr_ratio: float | None = None
     mean_prior: MeanPrior | None = None  # cold generation: the mixture of the data's per-channel means
+    data_fingerprint: str | None = None
 
     @property
     def noise(self):
@@ -453,35 +472,74 @@ class Run:
         d = json.loads(text)
         d["config"] = TrainConfig(**d["config"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-        if d["channel_cov"] is not None:
+        if d.get("channel_cov") is not None:
             d["channel_cov"] = tuple(tuple(row) for row in d["channel_cov"])
         if d.get("mean_prior") is not None:
             tuples = lambda v: tuple(map(tuples, v)) if isinstance(v, list) else v
             d["mean_prior"] = MeanPrior(**{k: tuples(v) for k, v in d["mean_prior"].items()})
         return cls(**d)
 
+    @classmethod
+    def read(cls, workdir: str | Path) -> Run | None:
+        """The run in ``workdir`` (None if it has no run.json); ``ValueError`` naming the file if it is damaged."""
+        path = Path(workdir) / "run.json"
+        try:
+            text = path.read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            return cls.from_json(text)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # cut short, hand-edited, wrong types
+            what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ValueError(f"{path} is damaged ({what}); repair it or use a new --workdir") from None
+
+
+def _cached_train_step(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh) -> Callable:
+    """One jitted step per (network, run, mesh) in this process: a resumed run does not compile again, whatever
+    its ``steps`` and logging/checkpoint intervals (the step depends on them only through the lr horizon)."""
+    config = run.config
+    intervals = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _RESUMABLE_FIELDS}
+    config = dataclasses.replace(config, **intervals, decay_steps=config.decay_steps or config.steps)
+    return _train_step_for(graphdef, dataclasses.replace(run, config=config, data_fingerprint=None), mesh)
+
 
 @functools.lru_cache(maxsize=4)
-def _cached_train_step(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh) -> Callable:
-    """One jitted step per (network, run, mesh) in this process: a resumed run does not compile again."""
+def _train_step_for(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh) -> Callable:
     return make_train_step(graphdef, run.diffusion, run.config, mesh)
+
+
+def _normalizer_sample(config: TrainConfig, source) -> tuple[np.ndarray, str]:
+    """The seeded sample of the data that every process reads whole (so all agree), float64 ``(n, H, W, C)``,
+    and the data's fingerprint: its size, image shape and a hash of that sample (at 1/255 resolution)."""
+    n = min(config.normalizer_examples, source.num_examples)
+    idx = np.sort(np.random.default_rng(config.seed).permutation(source.num_examples)[:n])
+    x = np.asarray(source.get(idx), np.float64)
+    digest = hashlib.sha256(np.round(x * 255).astype(np.uint8).tobytes()).hexdigest()[:16]
+    shape = "×".join(map(str, x.shape[1:]))
+    return x, f"{source.num_examples} images of {shape}, sample sha256 {digest}"
 
 
 def _measure(config: TrainConfig, source) -> Run:
     """The normaliser, Δ and channel covariance (cloud noise) and the SNR ratio (calibrated schedule), measured
-    on a seeded sample of the data that every process reads whole (so all agree)."""
-    n = min(config.normalizer_examples, source.num_examples)
-    idx = np.sort(np.random.default_rng(config.seed).permutation(source.num_examples)[:n])
-    x = np.asarray(source.get(idx), np.float64)
+    on :func:`_normalizer_sample`. ``decay_steps=None`` is resolved to ``steps`` here: the run's lr horizon."""
+    x, fingerprint = _normalizer_sample(config, source)
+    config = dataclasses.replace(config, decay_steps=config.decay_steps or config.steps)
     mean, std = x.mean(axis=(0, 1, 2)), np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
-    run = Run(config, tuple(map(float, mean)), tuple(map(float, std)))
+    run = Run(config, tuple(map(float, mean)), tuple(map(float, std)), data_fingerprint=fingerprint)
     z = run.normalize(x).astype(np.float32)
     if config.noise == "cloud":
         delta = config.delta
         if delta is None:
             from cloudjax.stats import fit_power_law
 
-            delta = float(fit_power_law(z).delta)
+            try:
+                delta = float(fit_power_law(z).delta)
+            except ValueError as e:
+                raise ValueError(f"cannot fit Δ on the data ({e}); pass --delta") from None
+            if not (math.isfinite(delta) and delta >= 0):
+                raise ValueError(f"the data's fitted Δ is {delta:.3g}, cloud noise needs Δ >= 0; pass --delta")
         cov = None
         if config.channels > 1:
             cov = tuple(tuple(map(float, row)) for row in np.cov(z.reshape(-1, config.channels), rowvar=False))
@@ -500,9 +558,34 @@ def _measure(config: TrainConfig, source) -> Run:
     return run
 
 
-def _manager(workdir: Path, config: TrainConfig) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, save_interval_steps=config.checkpoint_every)
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+def _manager(workdir: Path, config: TrainConfig, read_only: bool = False) -> ocp.CheckpointManager:
+    """The run's checkpoints; the writer (which holds the workdir lock) first removes what killed saves left."""
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, save_interval_steps=config.checkpoint_every)
+        if jax.process_index() == 0 and (workdir / "checkpoints").exists():
+            for stale in (workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"):
+                stale.rmtree()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # a read-only manager warns that it is read-only
+    try:
+        return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+    finally:
+        absl.setLevel(level)
+
+
+def _digest(state: TrainState) -> tuple[str, bool]:
+    """(sha256 of every leaf's shape, dtype and bytes in tree order, whether every leaf is finite), computed on
+    this process's replica: written with each checkpoint and checked on restore."""
+    h, finite = hashlib.sha256(), True
+    for leaf in jax.tree.leaves(state):
+        x = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        h.update(f"{x.shape}{x.dtype}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+        finite = finite and bool(np.isfinite(x).all() if np.issubdtype(x.dtype, np.inexact) else True)
+    return h.hexdigest(), finite
 
 
 def _restore(manager, step: int, config: TrainConfig, sharding: NamedSharding) -> tuple[TrainState, dict]:
@@ -513,18 +596,76 @@ def _restore(manager, step: int, config: TrainConfig, sharding: NamedSharding) -
     return restored.state, restored.meta
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> tuple[Run, nnx.GraphDef, TrainState]:
-    """``(run, graphdef, state)`` of the newest (or ``step``'s) checkpoint in ``workdir``, on this process's devices."""
+def _problem(state: TrainState, meta, step: int) -> str | None:
+    """Why a restored checkpoint is not the one that was saved (None if it verifies)."""
+    digest, finite = _digest(state)
+    if not isinstance(meta, dict) or meta.get("step") != step or int(state.step) != step:
+        return "its metadata does not match the step"
+    if not finite:
+        return "it holds non-finite values"
+    if "sha256" in meta and meta["sha256"] != digest:  # checkpoints written before hashes verify by finiteness
+        return "its content hash does not match (damaged files)"
+    return None
+
+
+def _restore_verified(
+    manager, config: TrainConfig, sharding: NamedSharding, step: int | None = None, stream=sys.stderr
+) -> tuple[int | None, TrainState | None, dict | None, list[int]]:
+    """``(step, state, meta, skipped)``: the newest checkpoint that restores and verifies (or ``step``'s).
+
+    A checkpoint that fails is skipped with one line on ``stream`` naming it and why. One that vanishes while
+    it is read (a training run deleted it after a newer save) starts the search over, without a line.
+    ``(None, None, None, [])`` if there are none; ``ValueError`` if none verifies.
+    """
+    lead = jax.process_index() == 0
+    for _ in range(10):
+        manager.reload()
+        steps = sorted(manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise ValueError(f"no checkpoint {step} in {manager.directory} (there are {sorted(steps)})")
+            steps = [step]
+        skipped, vanished = [], False
+        for s in steps:
+            try:
+                state, meta = _restore(manager, s, config, sharding)
+                problem = _problem(state, meta, s)
+            except Exception as e:  # Orbax raises many kinds of errors for damaged or missing files
+                if not (Path(manager.directory) / str(s)).exists():
+                    vanished = True
+                    break
+                problem = f"it does not restore ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            if problem is None:
+                return s, state, meta, skipped
+            if step is not None:
+                raise ValueError(f"checkpoint {s} in {manager.directory} is damaged: {problem}")
+            skipped.append(s)
+            if lead:
+                print(f"checkpoint {s} in {manager.directory} skipped: {problem}", file=stream, flush=True)
+        if not vanished:
+            break
+    if not steps:
+        return None, None, None, []
+    raise ValueError(f"no checkpoint in {manager.directory} verifies (skipped steps {skipped})")
+
+
+def load_run(workdir: str | Path, step: int | None = None, stream=sys.stderr) -> tuple[Run, nnx.GraphDef, TrainState]:
+    """``(run, graphdef, state)`` of the newest checkpoint in ``workdir`` that verifies (or ``step``'s), on this
+    process's devices. Safe while a run trains there: it only reads, and a checkpoint deleted while it is
+    read sends it to the next newest."""
     workdir = Path(workdir)
-    if not (workdir / "run.json").exists():
+    run = Run.read(workdir)
+    if run is None:
         raise ValueError(f"workdir {workdir} holds no run (no run.json)")
-    run = Run.from_json((workdir / "run.json").read_text())
-    manager = _manager(workdir, run.config)
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    if not (workdir / "checkpoints").exists():
         raise ValueError(f"workdir {workdir} holds no checkpoint yet")
-    state, _ = _restore(manager, step, run.config, NamedSharding(make_mesh(), P()))
-    manager.close()
+    manager = _manager(workdir, run.config, read_only=True)
+    try:
+        found, state, _, _ = _restore_verified(manager, run.config, NamedSharding(make_mesh(), P()), step, stream)
+    finally:
+        manager.close()
+    if found is None:
+        raise ValueError(f"workdir {workdir} holds no checkpoint yet")
     return run, _graphdef(run.config), state
 
 
@@ -587,7 +728,7 @@ class _Logger:
         path = workdir / "metrics.jsonl"
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines() if _record_step(line) <= start]
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(path, "".join(line + "\n" for line in kept))
         self.file = path.open("a") if enabled else None
         self.tb = None
         if enabled:
@@ -654,16 +795,36 @@ def _clock(seconds: float) -> str:
 
 def check_workdir(config: TrainConfig, workdir: str | Path) -> Run | None:
     """The run in ``workdir`` with ``config`` applied (None if there is none yet); ``ValueError`` if the
-    workdir holds a different run (only ``steps`` and the logging/checkpoint intervals may change)."""
-    run_file = Path(workdir) / "run.json"
-    if not run_file.exists():
+    workdir holds a different run (only ``steps`` and the logging/checkpoint intervals may change), if its
+    run.json is damaged, or if ``workdir`` cannot be a folder. ``decay_steps=None`` keeps the run's horizon."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"workdir {workdir} is a file, not a folder")
+    run = Run.read(workdir)
+    if run is None:
         return None
-    run = Run.from_json(run_file.read_text())
-    old, new = dataclasses.asdict(run.config), dataclasses.asdict(config)
+    horizon = run.config.decay_steps or run.config.steps  # run.json of older versions: the last leg's horizon
+    config = dataclasses.replace(config, decay_steps=config.decay_steps or horizon)
+    old, new = dataclasses.asdict(dataclasses.replace(run.config, decay_steps=horizon)), dataclasses.asdict(config)
     changed = [f"{k}: {old[k]!r} → {new[k]!r}" for k in old if k not in _RESUMABLE_FIELDS and old[k] != new[k]]
     if changed:
         raise ValueError(f"workdir {workdir} holds a different run ({'; '.join(changed)}); use a new --workdir")
     return dataclasses.replace(run, config=config)
+
+
+def _make_workdir(workdir: Path) -> None:
+    """Create ``workdir``; ``ValueError`` in one line if it is a file, inside a file, or not writable."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"workdir {workdir} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise ValueError(f"workdir {workdir} is inside a file, not a folder") from None
+    except OSError as e:
+        raise ValueError(f"cannot create workdir {workdir}: {e.strerror or e}") from None
+    local = not str(workdir).startswith(("gs://", "s3://"))
+    if local and not os.access(workdir, os.W_OK | os.X_OK):
+        raise ValueError(f"workdir {workdir} is not writable")
 
 
 def train(
@@ -678,16 +839,20 @@ def train(
     ``source`` overrides the dataset named by the config (anything with ``num_examples``, ``image_shape``,
     ``get``). Saves a checkpoint every ``checkpoint_every`` steps, at the end, and on SIGTERM (then
     ``summary["preempted"]`` is True) or after ``time_limit`` seconds of training (``summary["timed_out"]``,
-    resumable like a preemption). Raises :class:`TrainingDiverged` on a NaN/Inf loss (nothing of the
-    bad step is saved) and ``ValueError`` for a workdir holding a different run. Turns JAX's persistent
-    compilation cache on (:mod:`cloudjax.compile_cache`), so a second run with the same shapes starts in seconds.
+    resumable like a preemption). Every checkpoint is checked finite before it is written and carries a
+    content hash; a resume starts from the newest one that verifies. Raises :class:`TrainingDiverged` on a
+    NaN/Inf loss or state (nothing of the bad step is saved), :class:`~cloudjax._files.WorkdirBusy` if another
+    process trains in ``workdir``, and ``ValueError`` for a workdir holding a different run or other data,
+    a damaged run.json, or ``steps`` below the run's step. Turns JAX's persistent compilation cache on
+    (:mod:`cloudjax.compile_cache`), so a second run with the same shapes starts in seconds.
     """
-    from cloudjax.data import BatchIterator, open_source
+    from cloudjax.data import open_source
 
     enable_compile_cache()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
+    if lead:
+        _make_workdir(workdir)
     if source is None:
         c = config
         source = open_source(c.data, c.image_size, c.channels, c.data_dir, c.seed, drop_letterbox=c.drop_letterbox)
@@ -695,21 +860,54 @@ def train(
         raise ValueError(
             f"data images are {source.image_shape}, config expects {config.image_size}² × {config.channels}"
         )
+    if config.batch_size > source.num_examples:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the data ({source.num_examples} images)")
+    with workdir_lock(workdir) if lead else contextlib.nullcontext():
+        return _train(config, workdir, source, stream, time_limit, lead)
 
-    run = check_workdir(config, workdir) or _measure(config, source)
-    if lead:
-        (workdir / "run.json").write_text(run.to_json())
+
+def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float | None, lead: bool) -> dict:
+    from cloudjax.data import BatchIterator
+
+    run = check_workdir(config, workdir)
+    if run is None:
+        run = _measure(config, source)
+        if lead:
+            atomic_write(workdir / "run.json", run.to_json())
+    elif run.data_fingerprint is not None:
+        _, fingerprint = _normalizer_sample(run.config, source)
+        if fingerprint != run.data_fingerprint:
+            raise ValueError(
+                f"the data differ from the run's in {workdir} (run.json: {run.data_fingerprint}; now: {fingerprint}); "
+                "use the same data or a new --workdir"
+            )
+    config = run.config  # with the run's lr horizon
 
     mesh = make_mesh()
     replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     manager = _manager(workdir, config)
-    start = manager.latest_step()
+    start, state, meta, skipped = _restore_verified(manager, config, replicated, stream=stream)
+    if skipped:  # set damaged checkpoints aside so that this run can save those steps again
+        if lead:
+            for s in skipped:
+                (workdir / "damaged").mkdir(exist_ok=True)
+                (workdir / "checkpoints" / str(s)).rename(workdir / "damaged" / f"{s}-{time.time_ns()}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("cloudjax: damaged checkpoints set aside")
+        manager.reload()
+    if start is not None and config.steps < start:
+        manager.close()
+        raise ValueError(
+            f"--steps {config.steps} is below the run's step {start} in {workdir}: a run never goes back "
+            "(sample an older checkpoint with --checkpoint, or train a new --workdir)"
+        )
     if start is None:
         graphdef, state = init_state(config, replicated)
         data_step = 0
     else:
         graphdef = _graphdef(config)
-        state, meta = _restore(manager, start, config, replicated)
         data_step = meta["data_step"]
     step_fn = _cached_train_step(graphdef, run, mesh)
     batches = BatchIterator(source, config.batch_size, config.seed, step=data_step)
@@ -717,9 +915,18 @@ def train(
     logger = _Logger(workdir, lead, stream, start or 0)
     step, last_saved, preempted = int(state.step), start, False
 
+    def where() -> str:
+        return f"step {last_saved} in {workdir / 'checkpoints'}" if last_saved is not None else "none yet"
+
     def save(force: bool) -> None:
         nonlocal last_saved
-        meta = {"step": step, "data_step": batches.step}
+        digest, finite = _digest(state)
+        if not finite:  # checked before anything is written: a checkpoint is never non-finite
+            manager.wait_until_finished()
+            raise TrainingDiverged(
+                f"the parameters are not finite after step {step}; training stopped; last good checkpoint: {where()}"
+            )
+        meta = {"step": step, "data_step": batches.step, "sha256": digest}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if manager.save(step, args=args, force=force):
             last_saved = step
@@ -727,8 +934,7 @@ def train(
     def check(loss: float, at: int) -> None:
         if not math.isfinite(loss):
             manager.wait_until_finished()
-            where = f"step {last_saved} in {workdir / 'checkpoints'}" if last_saved is not None else "none yet"
-            raise TrainingDiverged(f"loss is {loss} at step {at}; training stopped; last good checkpoint: {where}")
+            raise TrainingDiverged(f"loss is {loss} at step {at}; training stopped; last good checkpoint: {where()}")
 
     pending, losses, tick, tick_step = None, [], time.perf_counter(), step
     deadline = math.inf if time_limit is None else tick + time_limit

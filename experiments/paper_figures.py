@@ -530,25 +530,27 @@ def fig19_mahalanobis(s: Shared, out: Path) -> dict:
     white noise, cloud noise and the images (``"a-b"`` pairwise, ``"a"`` to the centre), next to the author's,
     on the first 256 images of the statistics set and as many noise samples.
 
-    The author's Π is not orthonormal (paired entries have variance 1/2), so his distances are ours / √2
-    (``author_units``). They depend on the image side N: white-noise distances grow ∝ N (a sum of |k|^{2Δ}
-    over N² modes), unit-variance power-law ones ∝ N^{2−Δ}, so compare with the paper (96 px) at 96 px;
-    the ratios do not depend on the convention.
+    The author's units (``author_units``, :func:`cloudjax.stats.mahalanobis_weight`): his Π is not
+    orthonormal and his |k| is index / (N − 1), so per pair ``d_author² = (N/(N−1))^{2Δ} (d² + s) / 2`` with s
+    the self-conjugate modes' part; the same noise sets are measured in both units. Distances depend on the
+    image side N: white-noise distances grow ∝ N (a sum of |k|^{2Δ} over N² modes), unit-variance power-law
+    ones ∝ N^{2−Δ}, so compare with the paper (96 px) at 96 px; the ratios are taken in the author's units.
     """
-    table = mahalanobis_table(s.normed[:NOISE_BATCH, ..., None], s.fit.delta, _key(s, 19))
-    author = {name: d / np.sqrt(2) for name, d in table.items()}
+    data = s.normed[:NOISE_BATCH, ..., None]
+    table = mahalanobis_table(data, s.fit.delta, _key(s, 19))
+    author = mahalanobis_table(data, s.fit.delta, _key(s, 19), units="author")
     paper = PAPER["mahalanobis"]
     ratios = dict(
         white_over_cloud_to_images=(
-            table["white-images"] / table["cloud-images"],
+            author["white-images"] / author["cloud-images"],
             paper["white-images"] / paper["cloud-images"],
         ),
         images_over_cloud_to_images=(
-            table["images-images"] / table["cloud-images"],
+            author["images-images"] / author["cloud-images"],
             paper["images-images"] / paper["cloud-images"],
         ),
         white_over_cloud_spread=(
-            table["white-white"] / table["cloud-cloud"],
+            author["white-white"] / author["cloud-cloud"],
             paper["white-white"] / paper["cloud-cloud"],
         ),
     )

@@ -51,6 +51,10 @@ def open_source(
     kind, _, arg = spec.partition(":")
     if kind == "patches":
         num = _int_arg(spec, arg, default=20_000)
+        size = num * image_size**2 * (channels or 1) * 4  # held in memory as float32
+        if size > MAX_PATCH_BYTES:
+            most = MAX_PATCH_BYTES // (image_size**2 * (channels or 1) * 4)
+            raise ValueError(f"data: {spec} would hold {size / 2**30:.0f} GiB in memory; use at most patches:{most}")
         source = _sources.patches_source(num, image_size, channels or 1, seed)
     elif kind == "fashion_mnist":
         source = _sources.fashion_mnist_source(image_size, channels, data_dir, split=arg or "all")
@@ -66,6 +70,9 @@ def open_source(
     if drop_letterbox:
         source = _sources.Subset(source, _sources.unboxed_indices(source))
     return source
+
+
+MAX_PATCH_BYTES = 8 * 2**30  # patches are generated and held in memory
 
 
 def _int_arg(spec: str, arg: str, default: int) -> int:

@@ -178,9 +178,12 @@ def npz_source(path: str, image_size: int, channels: int | None) -> ArraySource:
 
 
 class FolderSource:
-    """Every PNG/JPEG under ``root`` (recursively, sorted by path), decoded with PIL on ``get``.
+    """Every readable PNG/JPEG under ``root`` (recursively, sorted by path), decoded with PIL on ``get``.
 
-    ``channels=None`` takes grey or RGB from the first image; every image is converted to it.
+    Every file is checked when the source opens (PIL's ``verify``: headers, PNG chunk checksums, truncation);
+    unreadable or damaged ones are skipped with one warning naming them, so a bad file cannot stop a run at
+    the step that would read it. ``channels=None`` takes grey or RGB from the first image; every image is
+    converted to it.
     """
 
     EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -188,13 +191,33 @@ class FolderSource:
     def __init__(self, root: str, image_size: int, channels: int | None):
         if not Path(root).is_dir():
             raise ValueError(f"data: folder not found: {root}")
-        self.paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in self.EXTENSIONS and p.is_file())
-        if not self.paths:
+        paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in self.EXTENSIONS and p.is_file())
+        if not paths:
             raise ValueError(f"data: no PNG or JPEG images under {root}")
+        bad = [p for p in paths if not self._readable(p)]
+        self.paths = [p for p in paths if p not in set(bad)]
+        names = ", ".join(str(p.relative_to(root)) for p in bad[:5]) + (", …" if len(bad) > 5 else "")
+        if not self.paths:
+            raise ValueError(f"data: every image under {root} is unreadable or damaged ({names})")
+        if bad:
+            logging.getLogger("cloudjax").warning(
+                f"data: skipped {len(bad)} unreadable or damaged image(s) under {root}: {names}"
+            )
         if channels is None:
             channels = 1 if self._open(self.paths[0]).mode in ("1", "L", "LA", "I", "I;16", "F") else 3
         self.num_examples = len(self.paths)
         self.image_shape = (image_size, image_size, channels)
+
+    @staticmethod
+    def _readable(path: Path) -> bool:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception:  # PIL raises OS, syntax, value, struct and decompression-bomb errors for bad files
+            return False
+        return True
 
     @staticmethod
     def _open(path: Path):
