@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from functools import partial
@@ -28,6 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _harness import cpu_model  # benchmarks/_harness.py
 from noise import environment  # benchmarks/noise.py
 
 import cloudjax as cj
@@ -91,14 +91,6 @@ def bench_blur(steps: int, kernel_size: int, padding: str, shape, repeats: int) 
         "speedup": round(conv_ms / one_pass_ms, 1),
         "max_abs_difference": float(jnp.abs(fast - slow).max()),
     }
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import cpu_model  # benchmarks/_harness.py
 from flax import nnx
 from jax.tree_util import Partial
 
@@ -188,14 +188,6 @@ def bench_quality(data: str, size: int, steps: int, num: int, nfe: int) -> list[
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def plot(results: dict, path: Path) -> None:

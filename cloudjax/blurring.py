@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std
+from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, stratified_times
 from cloudjax.noise import WhiteNoise
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real, wavenumbers
@@ -103,8 +103,7 @@ class BlurringDiffusion:
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
         key_t, key_eps = jax.random.split(key)
-        B = x0.shape[0]
-        t = jnp.mod(jax.random.uniform(key_t, (), jnp.float32) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
+        t = stratified_times(key_t, x0.shape[0])
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
         return jnp.mean(g.time_weight(t) * g.squared_error(apply_fn(x_t, t).astype(jnp.float32) - x0))
