@@ -576,6 +576,13 @@ def _manager(workdir: Path, config: TrainConfig, read_only: bool = False) -> ocp
         absl.setLevel(level)
 
 
+def _host_copy(state: TrainState) -> TrainState:
+    """This process's replica of the (replicated) state as NumPy copies: what a checkpoint writes. Saving host
+    arrays writes each leaf once from the primary process; Orbax would otherwise cut every replicated device
+    array into one slice per replica (one dispatch each: ~20× slower with 8 CPU devices)."""
+    return jax.tree.map(lambda x: np.array(x.addressable_data(0) if isinstance(x, jax.Array) else x), state)
+
+
 def _digest(state: TrainState) -> tuple[str, bool]:
     """(sha256 of every leaf's shape, dtype and bytes in tree order, whether every leaf is finite), computed on
     this process's replica: written with each checkpoint and checked on restore."""
@@ -920,14 +927,15 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
 
     def save(force: bool) -> None:
         nonlocal last_saved
-        digest, finite = _digest(state)
+        host = _host_copy(state)
+        digest, finite = _digest(host)
         if not finite:  # checked before anything is written: a checkpoint is never non-finite
             manager.wait_until_finished()
             raise TrainingDiverged(
                 f"the parameters are not finite after step {step}; training stopped; last good checkpoint: {where()}"
             )
         meta = {"step": step, "data_step": batches.step, "sha256": digest}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         if manager.save(step, args=args, force=force):
             last_saved = step
 
