@@ -12,8 +12,10 @@ each), entered at the state's resolution. For each image size:
   and sliced Wasserstein distance (``cloudjax.metrics``) of ``--quality-samples`` samples to held data, on
   natural patches and Fashion-MNIST. At this budget it ranks nothing reliably; it shows the pipeline works.
 
-``nice python benchmarks/scale_space.py`` (CPU: a few minutes) writes results/scale_space_<backend>.json and
-.png with the machine named; the same command runs on a GPU.
+``nice python benchmarks/scale_space.py`` writes results/scale_space_<backend>.json (after each part, so an
+interrupted run keeps what it measured) and .png with the machine named; the same command runs on a GPU. On the
+2-core CPU the speed part takes ~10 minutes and the quality part ~30; ``--parts speed`` or ``--parts quality``
+runs one and keeps the other's rows from the existing JSON.
 """
 
 from __future__ import annotations
@@ -193,8 +195,9 @@ def bench_quality(data: str, size: int, steps: int, num: int, nfe: int) -> list[
 def plot(results: dict, path: Path) -> None:
     from cloudjax.plots import new_figure
 
-    fig = new_figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2)
+    quality = results.get("quality", [])
+    fig = new_figure(figsize=(15 if quality else 10, 3.6))
+    axes = fig.subplots(1, 3 if quality else 2)
     for size in sorted({r["size"] for r in results["flops"]}):
         rows = [r for r in results["flops"] if r["size"] == size]
         names = [r["process"] for r in rows]
@@ -209,6 +212,12 @@ def plot(results: dict, path: Path) -> None:
         axes[1].bar([f"{size}:{k}" for k in per_level], [v / per_level["0"] for v in per_level.values()], alpha=0.6)
     axes[1].set_ylabel("FLOPs per call / full network's (level, ↑ = up-sampling)")
     axes[1].tick_params(axis="x", labelsize=6, rotation=60)
+    for data in dict.fromkeys(r["data"] for r in quality):
+        rows = [r for r in quality if r["data"] == data]
+        axes[2].plot([r["process"] for r in rows], [r["swd_mean"] for r in rows], "o-", label=data)
+    if quality:
+        axes[2].set_ylabel(f"sliced Wasserstein distance to held data\n({quality[0]['train_steps']} train steps)")
+        axes[2].legend(fontsize=7)
     env = results["environment"]
     fig.suptitle(f"Scale Space Diffusion, {env['device']} ({env['cpu_model']}), load {env['load_average_1min']}")
     fig.tight_layout()
@@ -221,7 +230,9 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, default=20, help="network calls per sample (default 20)")
     parser.add_argument("--batch", type=int, default=8, help="images per sampling call / training step")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs (the minimum is kept)")
-    parser.add_argument("--quality-steps", type=int, default=150, help="training steps for quality (0: skip)")
+    parser.add_argument("--parts", nargs="+", choices=["speed", "quality"], default=["speed", "quality"],
+                        help="what to run; the other part's rows are kept from --out if it exists")  # fmt: skip
+    parser.add_argument("--quality-steps", type=int, default=150, help="training steps for quality")
     parser.add_argument("--quality-samples", type=int, default=128, help="samples for the quality metrics")
     parser.add_argument("--quality-data", nargs="+", default=["patches", "fashion_mnist"], help="datasets")
     parser.add_argument("--flops-only", action="store_true", help="only the FLOP counts (seconds, no compile)")
@@ -231,24 +242,35 @@ def main() -> None:
     device = jax.devices()[0]
     env = dict(backend=jax.default_backend(), device=device.device_kind, cpu_model=cpu_model(), jax=jax.__version__,
                cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))  # fmt: skip
-    results = dict(environment=env, sampling=[], training=[], quality=[])
-    for size in args.sizes:
-        results.setdefault("parameters", parameter_count(network(size, abstract=True)))
-        per_level = flops_per_level(network(size, abstract=True))
-        results.setdefault("gflops_per_level", {})[str(size)] = {k: v / 1e9 for k, v in per_level.items()}
-        results.setdefault("flops", []).extend(flops_only(size, args.nfe))
-        if args.flops_only:
-            continue
-        model = network(size)
-        results["sampling"] += bench_sampling(model, size, args.nfe, args.batch, args.repeats)
-        results["training"].append(bench_training(model, size, args.batch, args.repeats))
-    if args.quality_steps and not args.flops_only:
+    out = Path(args.out or Path(__file__).parent / "results" / f"scale_space_{env['backend']}.json")
+    results = json.loads(out.read_text()) if out.exists() else {}
+    parts = {"speed"} if args.flops_only else set(args.parts)
+
+    def save() -> None:  # after every part: an interrupted run keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+
+    if "speed" in parts:
+        results.update(environment=env, sampling=[], training=[], flops=[], gflops_per_level={})
+        for size in args.sizes:
+            results["parameters"] = parameter_count(network(size, abstract=True))
+            per_level = flops_per_level(network(size, abstract=True))
+            results["gflops_per_level"][str(size)] = {k: v / 1e9 for k, v in per_level.items()}
+            results["flops"] += flops_only(size, args.nfe)
+            if not args.flops_only:
+                model = network(size)
+                results["sampling"] += bench_sampling(model, size, args.nfe, args.batch, args.repeats)
+                results["training"].append(bench_training(model, size, args.batch, args.repeats))
+            save()
+        env["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    if "quality" in parts:
+        results["quality_environment"] = qenv = dict(env, steps=args.quality_steps, samples=args.quality_samples)
+        results["quality"] = []
         for data in args.quality_data:
             results["quality"] += bench_quality(data, min(args.sizes), args.quality_steps, args.quality_samples, 50)
-    env["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out or Path(__file__).parent / "results" / f"scale_space_{env['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+            save()
+        qenv["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    save()
     plot(results, out.with_suffix(".png"))
     print(f"→ {out}, {out.with_suffix('.png')}")
 
