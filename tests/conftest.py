@@ -1,8 +1,32 @@
-"""Test setup: 8 simulated CPU devices, set before JAX is imported anywhere."""
+"""Test setup: 8 simulated CPU devices, set before JAX is imported anywhere; one compilation cache per test run.
+
+The suite runs on two xdist workers (setup.cfg), one test file per worker at a time. Both workers and every
+subprocess a test starts share a JAX compilation cache in a fresh folder for this run (never the user's): a
+program compiled by one test (the same train step, sampler or UNet at the same shapes) is loaded by the next.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("CLOUDJAX_COMPILE_CACHE", "off")  # no test depends on, or writes to, the user's cache
+os.environ.setdefault("CLOUDJAX_COMPILE_CACHE", "off")  # cloudjax's own default (the user's cache) stays unused
+# made by the controlling process, before it starts the workers (they inherit the environment); removed at the end
+_CACHE = None
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cloudjax-tests-")
+
+# Files that train or start subprocesses, slowest first: run before the rest so both workers finish together.
+SLOW_FIRST = ("test_white_vs_cloud", "test_cold_train", "test_cli_train", "test_reliability", "test_train")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(SLOW_FIRST)))  # stable: file order kept otherwise
+
+
+def pytest_unconfigure(config):
+    if _CACHE:
+        shutil.rmtree(_CACHE, ignore_errors=True)

@@ -6,11 +6,21 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 
 from cloudjax.compile_cache import ENV_VAR, cache_dir, enable_compile_cache
 
 
-def test_cache_dir_from_the_environment(monkeypatch, tmp_path):
+@pytest.fixture
+def no_jax_cache():
+    """JAX without a cache directory for one test (conftest gives the test run one)."""
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved)
+
+
+def test_cache_dir_from_the_environment(monkeypatch, tmp_path, no_jax_cache):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert cache_dir() == tmp_path / "cloudjax" / "jax"
@@ -21,17 +31,14 @@ def test_cache_dir_from_the_environment(monkeypatch, tmp_path):
     for off in ("off", "0", ""):
         monkeypatch.setenv(ENV_VAR, off)
         assert cache_dir() is None
-        assert enable_compile_cache() is None  # conftest turns it off: nothing set for the test session
+        assert enable_compile_cache() is None  # turned off: nothing set
     assert not jax.config.jax_compilation_cache_dir
 
 
-def test_a_directory_given_to_jax_is_kept(monkeypatch, tmp_path):
+def test_a_directory_given_to_jax_is_kept(monkeypatch, tmp_path, no_jax_cache):
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "ours"))
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "theirs"))
-    try:
-        assert enable_compile_cache() == str(tmp_path / "theirs")
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)
+    assert enable_compile_cache() == str(tmp_path / "theirs")
     assert not (tmp_path / "ours").exists()
 
 
@@ -46,7 +53,8 @@ print(enable_compile_cache(), float(jax.jit(lambda x: jnp.cumsum(jnp.sin(x)))(jn
 
 
 def test_a_second_process_reads_the_compile_back(tmp_path):
-    env = {**os.environ, ENV_VAR: str(tmp_path / "cache")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # not the test run's cache
+    env[ENV_VAR] = str(tmp_path / "cache")
     run = lambda: subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, check=True)
     first = run().stdout.split()
     entries = sorted((tmp_path / "cache").iterdir())
