@@ -19,7 +19,14 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
     _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cloudjax-tests-")
 
 # Files that train or start subprocesses, slowest first: run before the rest so both workers finish together.
-SLOW_FIRST = ("test_white_vs_cloud", "test_cold_train", "test_cli_train", "test_reliability", "test_train")
+SLOW_FIRST = (
+    "test_white_vs_cloud",
+    "test_cold_train",
+    "test_cli_train",
+    "test_reliability",
+    "test_train",
+    "test_scale_space_train",
+)
 
 
 def pytest_collection_modifyitems(items):
