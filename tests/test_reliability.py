@@ -2,8 +2,8 @@
 files, the lr horizon, bad data and bad outputs refused, one line for every user mistake, large Δ, streamed
 sampling, and the author's units of the Mahalanobis distance.
 
-The training runs use test_train.py's config (tiny UNet, 8×8, batch 8), so the jitted step is compiled once per
-test session; damaged copies of one trained run folder stand in for the failures.
+The training runs use test_train.py's CONFIG (tiny UNet, 8×8, batch 8), imported, so the jitted step is compiled
+once per worker; damaged copies of one trained run folder stand in for the failures.
 """
 
 import dataclasses
@@ -21,31 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_train import CONFIG  # the same run config: its step compiles once per worker
 
 import cloudjax as cj
 from cloudjax import cli
 from cloudjax._files import WorkdirBusy, atomic_write, workdir_lock
 from cloudjax.data.sources import ArraySource, FolderSource
 from cloudjax.stats import mahalanobis_weight
-from cloudjax.train import TrainConfig, TrainingDiverged, generate, load_run, train
+from cloudjax.train import TrainingDiverged, generate, load_run, train
 
 train_module = importlib.import_module("cloudjax.train")  # `cloudjax.train` is also the function
-
-CONFIG = TrainConfig(  # = test_train.CONFIG
-    data="test",
-    model="tiny",
-    image_size=8,
-    batch_size=8,
-    steps=4,
-    lr=1e-3,
-    warmup_steps=0,
-    noise="cloud",
-    delta=1.0,
-    loss_weighting="mahalanobis",
-    checkpoint_every=2,
-    log_every=1,
-    normalizer_examples=64,
-)
 
 
 def _source(seed=0):
