@@ -1,5 +1,5 @@
 """A new user's two commands on the generalised processes: `cloudjax train --process scale_space | blurring`, then
-`cloudjax sample` with either sampler; level mistakes are one line with exit status 2."""
+`cloudjax sample`; level mistakes are one line with exit status 2."""
 
 import json
 
@@ -28,11 +28,11 @@ def test_train_then_sample_from_the_command_line(process, flags, kind, tmp_path)
     if process == "scale_space":
         stages = [run.diffusion.state_shape((1, 8, 8, 1), stage) for stage in range(2)]
         assert stages == [(1, 4, 4, 1), (1, 8, 8, 1)]  # sampling starts at the coarse level
-    samples = []
-    for method in ("ddim", "ddim", "ddpm"):
-        out = tmp_path / f"{method}{len(samples)}"
+    samples = []  # the ancestral sampler on these processes: tests/test_scale_space.py, tests/test_blurring.py
+    for run_number in range(2):
+        out = tmp_path / f"ddim{run_number}"
         argv = ["sample", "--workdir", str(workdir), "--out", str(out), "--num", "4", "--steps", "5"]
-        assert main([*argv, "--method", method]) == 0
+        assert main([*argv, "--method", "ddim"]) == 0
         samples.append(np.load(out.with_suffix(".npz"))["images"])
         assert samples[-1].shape == (4, 8, 8, 1) and np.isfinite(samples[-1]).all()  # full resolution at the end
     np.testing.assert_array_equal(samples[0], samples[1])  # the same seed: the same samples
