@@ -198,7 +198,7 @@ def plot(results: dict, path: Path) -> None:
     quality = results.get("quality", [])
     fig = new_figure(figsize=(15 if quality else 10, 3.6))
     axes = fig.subplots(1, 3 if quality else 2)
-    for size in sorted({r["size"] for r in results["flops"]}):
+    for size in sorted({r["size"] for r in results.get("flops", [])}):
         rows = [r for r in results["flops"] if r["size"] == size]
         names = [r["process"] for r in rows]
         axes[0].plot(names, [1 / r["flops_ratio_vs_ddpm"] for r in rows], "s--", label=f"{size} px: 1 / FLOPs")
@@ -208,7 +208,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].axhline(1.58, color="grey", lw=0.8, ls=":", label="anchor 1.58× (64 px, 4 levels)")
     axes[0].set_ylabel("speed-up over DDPM at equal NFE")
     axes[0].legend(fontsize=7)
-    for size, per_level in results["gflops_per_level"].items():
+    for size, per_level in results.get("gflops_per_level", {}).items():
         axes[1].bar([f"{size}:{k}" for k in per_level], [v / per_level["0"] for v in per_level.values()], alpha=0.6)
     axes[1].set_ylabel("FLOPs per call / full network's (level, ↑ = up-sampling)")
     axes[1].tick_params(axis="x", labelsize=6, rotation=60)
@@ -218,7 +218,7 @@ def plot(results: dict, path: Path) -> None:
     if quality:
         axes[2].set_ylabel(f"sliced Wasserstein distance to held data\n({quality[0]['train_steps']} train steps)")
         axes[2].legend(fontsize=7)
-    env = results["environment"]
+    env = results.get("environment") or results["quality_environment"]  # a quality-only run has no speed part
     fig.suptitle(f"Scale Space Diffusion, {env['device']} ({env['cpu_model']}), load {env['load_average_1min']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
