@@ -21,6 +21,7 @@ runs one and keeps the other's rows from the existing JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -166,10 +167,11 @@ def bench_quality(data: str, size: int, steps: int, num: int, nfe: int) -> list[
         opt = optax.adam(1e-3)
         opt_state = opt.init(params)
 
-        @jax.jit
-        def step(params, opt_state, batch, key, proc=proc, graphdef=graphdef, opt=opt):
+        @functools.partial(jax.jit, static_argnames="branch")  # one program per loss branch, as cloudjax trains
+        def step(params, opt_state, batch, key, branch, proc=proc, graphdef=graphdef, opt=opt):
+            where = {} if branch is None else {"branch": branch}
             loss, grads = jax.value_and_grad(
-                lambda p: proc.loss(lambda x, t, **kw: apply(graphdef, p, x, t, **kw), key, batch)
+                lambda p: proc.loss(lambda x, t, **kw: apply(graphdef, p, x, t, **kw), key, batch, **where)
             )(params)
             updates, opt_state = opt.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
@@ -178,7 +180,8 @@ def bench_quality(data: str, size: int, steps: int, num: int, nfe: int) -> list[
         start = time.perf_counter()
         for i in range(steps):
             batch = jnp.asarray(train[rng.integers(0, len(train), 32)])
-            params, opt_state, loss = step(params, opt_state, batch, jax.random.key(i))
+            key = jax.random.key(i)
+            params, opt_state, loss = step(params, opt_state, batch, key, cj.process.loss_branch(proc, key))
         train_seconds = time.perf_counter() - start
         denoise = Partial(lambda p, x, t, g=graphdef, **kw: apply(g, p, x, t, **kw), params)
         samples = cj.sample(denoise, proc, jax.random.key(123), (num, size, size, 1), steps=nfe - 1, method="ddpm")

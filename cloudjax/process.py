@@ -30,6 +30,12 @@ Gaussian and cold processes have one stage. Which samplers drive which process i
 name to the registry. A Gaussian process whose α is an operator (blurring diffusion: a gain per Π mode) can
 reuse the Gaussian rules, which are elementwise in α and σ, by returning per-mode (α, σ) from ``coefficients``
 and predicting in its own basis.
+
+Loss branches (optional). A process whose loss holds several programs of different shapes (scale space: one per
+level and per change step) lists their probabilities in ``loss_branches`` and takes ``loss(..., branch=k)``. The
+train step then draws k on the host with :func:`loss_branch` and runs one compiled program per branch: XLA gets
+each program's convolutions whole (inside a ``lax.switch`` XLA:CPU compiles them several times slower). Without
+``branch`` the loss draws the branch itself on device (one program), with the same distribution.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import numpy as np
 
-__all__ = ["NoiseModel", "Schedule", "ForwardProcess"]
+__all__ = ["NoiseModel", "Schedule", "ForwardProcess", "loss_branch"]
 
 
 @runtime_checkable
@@ -106,3 +112,15 @@ class ForwardProcess(Protocol):
 
     def output(self, x: jax.Array, x0: jax.Array, at_end: Any) -> jax.Array:
         """The samples after the last step, from the final state x and the x̂0 predicted there."""
+
+
+def loss_branch(process: ForwardProcess, key: jax.Array) -> int | None:
+    """The loss branch (see the module docstring) that the step with ``key`` trains, drawn on the host from the key's
+    bits with probabilities ``process.loss_branches``; None for a process with one program. Deterministic in the
+    key (a resumed run draws the same branches); every process of a multi-host run draws the same one."""
+    weights = getattr(process, "loss_branches", None)
+    if weights is None:
+        return None
+    bits = jax.random.key_data(key)
+    bits = np.asarray(bits.addressable_data(0) if isinstance(bits, jax.Array) else bits).ravel()
+    return int(np.random.default_rng(bits.astype(np.uint64)).choice(len(weights), p=weights))

@@ -295,13 +295,34 @@ class ScaleSpaceDiffusion:
         alpha, sigma = self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))
         return alpha * mean + sigma * noise
 
-    def _level_error(self, apply_fn, x0, u, eps_key, lo: float, hi: float, level: int, upsample: bool):
-        """Weighted x0 error of one batch at one level: stratified t in (lo, hi] (or t = u for a change step)."""
+    def _branches(self) -> tuple[list[tuple[float, float, int, bool]], np.ndarray]:
+        """The loss's branches ``(lo, hi, level, upsample)`` — each level's non-change steps (t ∈ (lo, hi]), then
+        each change step — and the ``(T,)`` branch of every discrete step."""
+        T, levels, changes = self.num_steps, self.step_levels, change_steps(self.step_levels)
+        branches, branch_of_step = [], np.empty(T, np.int64)
+        for level in range(self.levels):
+            steps = np.flatnonzero((levels == level) & ~np.isin(np.arange(T), changes))
+            branch_of_step[steps] = len(branches)
+            branches.append((steps[0] / T, (steps[-1] + 1) / T, level, False))
+        for c in changes:
+            branch_of_step[c] = len(branches)
+            branches.append((c / T, (c + 1) / T, int(levels[c]), True))
+        return branches, branch_of_step
+
+    @property
+    def loss_branches(self) -> np.ndarray:
+        """Host-side probability of each loss branch (its share of the T steps), for ``process.loss_branch``."""
+        _, branch_of_step = self._branches()
+        return np.bincount(branch_of_step) / self.num_steps
+
+    def _level_error(self, apply_fn, x0, v, eps_key, lo: float, hi: float, level: int, upsample: bool):
+        """Weighted x0 error of one batch in one branch, from v ~ U[0, 1): t = lo + (hi − lo) v at a change step,
+        else stratified over (lo, hi], ``t_b = lo + (hi − lo)((v + b/B) mod 1)``."""
         B = x0.shape[0]
         if upsample:
-            t = jnp.full((B,), u, jnp.float32)
+            t = jnp.full((B,), lo + (hi - lo) * v, jnp.float32)
         else:
-            t = lo + (hi - lo) * jnp.mod((u - lo) / (hi - lo) + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
+            t = lo + (hi - lo) * jnp.mod(v + jnp.arange(B, dtype=jnp.float32) / B, 1.0)
         clean = degrade(x0, level, self.resize)
         eps = self.noise.sample(eps_key, clean.shape)
         x_t = self.q_sample(None, x0, t, noise=eps, level=level)
@@ -310,33 +331,29 @@ class ScaleSpaceDiffusion:
         g = self.gaussian
         return jnp.mean(g.time_weight(t) * g.squared_error(out.astype(jnp.float32) - target))
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, branch: int | None = None) -> jnp.ndarray:
         """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the anchor's batches).
 
         One u ~ U(0, 1) picks the step; at a change step the whole batch uses t = u, otherwise t is stratified
-        over the non-change steps of u's level, ``t_b = lo + (hi − lo)((v + b/B) mod 1)``. Each t is U(0, 1)
-        marginally. One compiled program holds a branch per level and per change step (``lax.switch``); only
-        the drawn one runs. With L = 1 this is ``GaussianDiffusion(prediction="x0").loss`` exactly.
+        over the non-change steps of u's level. Each t is U(0, 1) marginally. Without ``branch`` one program holds
+        every branch (``lax.switch``, only the drawn one runs); with ``branch`` (an index into
+        :attr:`loss_branches`, drawn on the host by the train step) u is drawn inside that branch's steps — the same
+        distribution, one program per branch. With L = 1 this is ``GaussianDiffusion(prediction="x0").loss`` exactly.
         """
         x0 = jnp.asarray(x0, jnp.float32)
         if x0.ndim != 4 or x0.shape[1:3] != self.image_size:
             raise ValueError(f"x0 must be (batch, {self.image_size[0]}, {self.image_size[1]}, C), got {x0.shape}")
         key_t, key_eps = jax.random.split(key)
         u = jax.random.uniform(key_t, (), jnp.float32)
-        T, levels, changes = self.num_steps, self.step_levels, change_steps(self.step_levels)
-        branches, branch_of_step = [], np.empty(T, np.int64)
-        for level in range(self.levels):
-            steps = np.flatnonzero((levels == level) & ~np.isin(np.arange(T), changes))
-            lo, hi = steps[0] / T, (steps[-1] + 1) / T
-            branch_of_step[steps] = len(branches)
-            branches.append((lo, hi, level, False))
-        for c in changes:
-            branch_of_step[c] = len(branches)
-            branches.append((c / T, (c + 1) / T, int(levels[c]), True))
-        fns = [lambda u, b=b: self._level_error(apply_fn, x0, u, key_eps, *b) for b in branches]
+        branches, branch_of_step = self._branches()
+        if branch is not None:
+            return self._level_error(apply_fn, x0, u, key_eps, *branches[branch])
+        fns = [
+            lambda u, b=b: self._level_error(apply_fn, x0, (u - b[0]) / (b[1] - b[0]), key_eps, *b) for b in branches
+        ]
         if len(fns) == 1:
             return fns[0](u)
-        step = jnp.clip(jnp.ceil(u * T).astype(jnp.int32) - 1, 0, T - 1)
+        step = jnp.clip(jnp.ceil(u * self.num_steps).astype(jnp.int32) - 1, 0, self.num_steps - 1)
         return jax.lax.switch(jnp.asarray(branch_of_step, jnp.int32)[step], fns, u)
 
     # -- the sampler's interface (cloudjax.process.ForwardProcess) ---------------------------------------------

@@ -160,35 +160,52 @@ def test_lanczos_posterior_is_close_to_exact():
 
 
 def test_one_level_is_gaussian_diffusion_with_x0_prediction():
-    """L = 1: the same loss as GaussianDiffusion(prediction="x0", loss_weighting="min_snr") for the same key."""
+    """L = 1: the same loss as GaussianDiffusion(prediction="x0", loss_weighting="min_snr") for the same key, with
+    the branch drawn on device or given (the one branch)."""
     x0 = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
     net = lambda x, t: 0.5 * x + t[:, None, None, None]
     for noise in (cj.WhiteNoise(), cj.PowerLawNoise(1.5)):
         ss = ScaleSpaceDiffusion(image_size=8, levels=1, noise=noise, schedule="cosine")
         gd = cj.GaussianDiffusion(noise=noise, schedule="cosine", prediction="x0", loss_weighting="min_snr")
-        both = jax.jit(lambda key, ss=ss, gd=gd: (ss.loss(net, key, x0), gd.loss(net, key, x0)))
+        both = jax.jit(
+            lambda key, ss=ss, gd=gd: (ss.loss(net, key, x0), ss.loss(net, key, x0, 0), gd.loss(net, key, x0))
+        )
         for k in range(3):
-            np.testing.assert_allclose(*both(jax.random.key(10 + k)), rtol=1e-6)
+            switched, given, gaussian = both(jax.random.key(10 + k))
+            np.testing.assert_allclose(switched, gaussian, rtol=1e-6)
+            np.testing.assert_allclose(given, gaussian, rtol=1e-6)
 
 
-def test_loss_takes_one_resolution_per_batch():
-    """Every branch runs at its own resolution; a change step feeds r(t) in and wants r(t − 1) out."""
+@pytest.mark.parametrize("host_branch", [False, True], ids=["switch", "host-branch"])
+def test_loss_takes_one_resolution_per_batch(host_branch):
+    """Every branch runs at its own resolution; a change step feeds r(t) in and wants r(t − 1) out; whether the
+    device (``lax.switch``) or the host (``loss_branch``, as the train step does) picks the branch, t is U(0, 1)."""
     d = ScaleSpaceDiffusion(image_size=8, levels=3, num_steps=30)
+    np.testing.assert_allclose(d.loss_branches.sum(), 1.0)
+    assert len(d.loss_branches) == 3 + len(change_steps(d.step_levels))
     seen = []
 
     def net(x, t, upsample=False):
-        jax.debug.callback(lambda *a: seen.append(a), x.shape[1], upsample, t.min(), t.max())
+        jax.debug.callback(lambda *a: seen.append(a), x.shape[1], upsample, t.min(), t.max(), t[0])
         return degrade(jnp.zeros((x.shape[0], 8, 8, 1)), int(np.log2(8 // x.shape[1])) - int(upsample))
 
     x0 = jnp.ones((4, 8, 8, 1))
-    loss = jax.jit(lambda k: d.loss(net, k, x0))
-    for k in range(40):
-        loss(jax.random.key(k)).block_until_ready()
-    for size, upsample, lo, hi in seen:
-        levels = np.unique(d.level(np.array([lo, hi])))
+    loss = jax.jit(lambda k, b: d.loss(net, k, x0, b), static_argnums=1)
+    keys = [jax.random.key(k) for k in range(600)]
+    branches = [cj.process.loss_branch(d, k) if host_branch else None for k in keys]
+    assert branches == [cj.process.loss_branch(d, k) if host_branch else None for k in keys]  # deterministic
+    for k, b in zip(keys, branches, strict=True):
+        loss(k, b).block_until_ready()
+    # the loss's own rule: t ∈ (i/T, (i + 1)/T] is step i (the host's d.step adds a 1e-3-step tolerance for grids)
+    step = lambda t: np.clip(np.ceil(np.float32(t) * np.float32(d.num_steps)).astype(int) - 1, 0, d.num_steps - 1)
+    for size, upsample, lo, hi, _ in seen:
+        levels = np.unique(d.step_levels[step([lo, hi])])
         assert len(levels) == 1 and 8 >> int(levels[0]) == size
-        assert upsample == bool(d.is_change(lo)) and (not upsample or lo == hi)
+        assert upsample == (step(lo) in change_steps(d.step_levels)) and (not upsample or lo == hi)
     assert {int(s) for s, *_ in seen} == {8, 4, 2}
+    counts = np.bincount(step([t for *_, t in seen]), minlength=d.num_steps)  # uniform t: ~20 per step
+    chi2 = np.sum((counts - 20) ** 2 / 20)
+    assert chi2 < 65, (chi2, counts)  # 29 degrees of freedom: P(chi2 > 65) < 1e-4
 
 
 def test_one_level_samples_equal_gaussian_diffusion():
