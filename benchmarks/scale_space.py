@@ -5,7 +5,8 @@ each), entered at the state's resolution. For each image size:
 
 * sampling seconds per image and FLOPs per sample at equal NFE (ancestral sampling, ``--nfe`` network calls;
   the FLOPs are XLA's cost analysis of one call per (level, up-sampling) summed over the step grid), and their
-  ratios to DDPM — all in one run, so the machine's load is shared;
+  ratios to DDPM — all in one run, the processes timed in turns (``--turns``, the median), so the machine's load
+  is shared;
 * training step time (forward + backward, ``--batch``) per level, and the expected step time of each process
   (levels weighted by how often the one-resolution-per-batch loss draws them) over DDPM's;
 * quality at a tiny budget (``--quality-steps`` Adam steps at the smallest size, same seed): spectral distance
@@ -27,11 +28,11 @@ import os
 import time
 from pathlib import Path
 
+import _harness as H  # benchmarks/_harness.py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _harness import cpu_model  # benchmarks/_harness.py
 from flax import nnx
 from jax.tree_util import Partial
 
@@ -87,30 +88,25 @@ def flops_per_sample(proc, flops: dict, nfe: int) -> float:
     return sum(flops[c] for c in calls) + flops[str(levels[-1])]
 
 
-def bench_sampling(model, size: int, nfe: int, batch: int, repeats: int) -> list[dict]:
+def bench_sampling(model, size: int, nfe: int, batch: int, turns: int) -> list[dict]:
+    """Seconds per image of each process's ancestral sampler: every program compiled first, then timed in turns
+    (ddpm ss2 … blurring, ddpm ss2 …), the median per process, so no process gets the machine's quieter moments."""
     graphdef, params = nnx.split(model)
     denoise = Partial(lambda p, x, t, **kw: apply(graphdef, p, x, t, **kw), params)
     flops = flops_per_level(model)
-    rows = []
+    keys = iter(range(1, 10**6))
+    runs = {}
     for name in PROCESSES:
         proc = process(name, size)
-        run = lambda k, proc=proc: cj.sample(denoise, proc, k, (batch, size, size, 1), steps=nfe - 1, method="ddpm")
-        run(jax.random.key(0)).block_until_ready()  # compile
-        times = []
-        for r in range(repeats):
-            start = time.perf_counter()
-            run(jax.random.key(r + 1)).block_until_ready()
-            times.append(time.perf_counter() - start)
-        rows.append(
-            dict(
-                size=size,
-                process=name,
-                nfe=nfe,
-                batch=batch,
-                seconds_per_image=min(times) / batch,
-                gflops_per_sample=flops_per_sample(proc, flops, nfe) / 1e9,
-            )  # fmt: skip
+        runs[name] = lambda proc=proc: cj.sample(
+            denoise, proc, jax.random.key(next(keys)), (batch, size, size, 1), steps=nfe - 1, method="ddpm"
         )
+        runs[name]().block_until_ready()  # compile
+    times = H.interleaved({name: H.timed(run, 1, jax.block_until_ready) for name, run in runs.items()}, turns)
+    rows = [dict(size=size, process=name, nfe=nfe, batch=batch, turns=turns,
+                 seconds_per_image=H.median(times[name]) / batch,
+                 gflops_per_sample=flops_per_sample(process(name, size), flops, nfe) / 1e9)
+            for name in PROCESSES]  # fmt: skip
     base = rows[0]
     for row in rows:
         row["speedup_vs_ddpm"] = base["seconds_per_image"] / row["seconds_per_image"]
@@ -119,7 +115,7 @@ def bench_sampling(model, size: int, nfe: int, batch: int, repeats: int) -> list
     return rows
 
 
-def bench_training(model, size: int, batch: int, repeats: int) -> dict:
+def bench_training(model, size: int, batch: int, turns: int) -> dict:
     """Seconds per forward + backward at each (level, up-sampling), and each process's expected step time."""
     graphdef, params = nnx.split(model)
     x0 = jax.random.normal(jax.random.key(0), (batch, size, size, 1))
@@ -132,7 +128,7 @@ def bench_training(model, size: int, batch: int, repeats: int) -> dict:
             step = jax.jit(jax.value_and_grad(loss))
             jax.block_until_ready(step(params))
             times = []
-            for _ in range(repeats):
+            for _ in range(turns):
                 start = time.perf_counter()
                 jax.block_until_ready(step(params))
                 times.append(time.perf_counter() - start)
@@ -213,7 +209,8 @@ def plot(results: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     for size, per_level in results.get("gflops_per_level", {}).items():
         axes[1].bar([f"{size}:{k}" for k in per_level], [v / per_level["0"] for v in per_level.values()], alpha=0.6)
-    axes[1].set_ylabel("FLOPs per call / full network's (level, ↑ = up-sampling)")
+    axes[1].set_ylabel("FLOPs per call / full network's")
+    axes[1].set_xlabel("size:level (↑ = up-sampling)")
     axes[1].tick_params(axis="x", labelsize=6, rotation=60)
     for data in dict.fromkeys(r["data"] for r in quality):
         rows = [r for r in quality if r["data"] == data]
@@ -232,7 +229,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="image sides (default 32 64)")
     parser.add_argument("--nfe", type=int, default=20, help="network calls per sample (default 20)")
     parser.add_argument("--batch", type=int, default=8, help="images per sampling call / training step")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs (the minimum is kept)")
+    parser.add_argument("--turns", type=int, default=3,
+                        help="timed turns: sampling takes the median over the processes timed in turns, training "
+                        "the fastest per level")  # fmt: skip
     parser.add_argument("--parts", nargs="+", choices=["speed", "quality"], default=["speed", "quality"],
                         help="what to run; the other part's rows are kept from --out if it exists")  # fmt: skip
     parser.add_argument("--quality-steps", type=int, default=150, help="training steps for quality")
@@ -243,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = jax.devices()[0]
-    env = dict(backend=jax.default_backend(), device=device.device_kind, cpu_model=cpu_model(), jax=jax.__version__,
+    env = dict(backend=jax.default_backend(), device=device.device_kind, cpu_model=H.cpu_model(), jax=jax.__version__,
                cpu_count=os.cpu_count(), load_average_1min=round(os.getloadavg()[0], 2))  # fmt: skip
     out = Path(args.out or Path(__file__).parent / "results" / f"scale_space_{env['backend']}.json")
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -262,8 +261,8 @@ def main() -> None:
             results["flops"] += flops_only(size, args.nfe)
             if not args.flops_only:
                 model = network(size)
-                results["sampling"] += bench_sampling(model, size, args.nfe, args.batch, args.repeats)
-                results["training"].append(bench_training(model, size, args.batch, args.repeats))
+                results["sampling"] += bench_sampling(model, size, args.nfe, args.batch, args.turns)
+                results["training"].append(bench_training(model, size, args.batch, args.turns))
             save()
         env["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     if "quality" in parts:
