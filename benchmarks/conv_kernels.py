@@ -2,15 +2,18 @@
 
     python benchmarks/conv_kernels.py                       # tiny and small at 32 px, batch 32, one pinned core
     python benchmarks/conv_kernels.py --presets tiny --sizes 16 --batch 8
+    python benchmarks/conv_kernels.py --matmul             # also each convolution written as a matmul
 
 The convolutions are read from the cloudjax UNet's own jaxpr (every ``conv_general_dilated`` of one forward
 pass: input and kernel shapes, strides, padding), so the list is exactly what the train step runs. Each distinct
 shape is timed alone as forward + both gradients (input and kernel), the work it does in a train step: in JAX a
 jitted ``vjp`` of one NHWC convolution (XLA:CPU, which hands it to its YNNPACK/Eigen kernels), in PyTorch
-``F.conv2d`` on NCHW with ``backward`` (oneDNN). Candidates run in turns (A B A B); a row gives the medians, and the
-summary per preset the sum over the network's convolutions (times the count of each shape) — to set beside the
-whole train step of ``benchmarks/train_throughput.py``: if the convolutions alone show the same ratio, the gap
-is XLA's convolution kernels, not the step around them. Writes ``results/conv_kernels_cpu.json``.
+``F.conv2d`` on NCHW with ``backward`` (oneDNN); with ``--matmul`` also each stride-1 convolution written as a
+matmul (its total: the network's convolutions with those rewritten). Candidates run in turns (A B A B); a row
+gives the medians, and the summary per preset the sum over the network's convolutions (times the count of each
+shape) — to set beside the whole train step of ``benchmarks/train_throughput.py``: if the convolutions alone show
+the same ratio, the gap is XLA's convolution kernels, not the step around them.
+Writes ``results/conv_kernels_cpu.json``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,32 @@ def jax_conv(lhs, rhs, strides, padding):
     return lambda: step(x, w)
 
 
+def jax_matmul(lhs, rhs, strides, padding):
+    """The same convolution written as one matmul (``None`` for a strided one): 1×1 as an einsum over channels,
+    k×k as im2col, the k² shifted inputs stacked on the channel axis against the ``(k²·C, O)`` kernel."""
+    import jax
+    import jax.numpy as jnp
+
+    if tuple(strides) != (1, 1):
+        return None
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
+    (kh, kw, c, o), (_, h, w_, _) = rhs, lhs
+
+    def conv(x, w):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        cols = jnp.concatenate([x[:, i : i + h, j : j + w_] for i in range(kh) for j in range(kw)], axis=-1)
+        return jnp.einsum("bhwk,ko->bhwo", cols, w.reshape(kh * kw * c, o))
+
+    @jax.jit
+    def step(x, w):
+        y, pullback = jax.vjp(conv, x, w)
+        return pullback(y)
+
+    x, w = jax.device_put(x), jax.device_put(w)
+    return lambda: step(x, w)
+
+
 def torch_conv(lhs, rhs, strides, padding):
     """``() → result``: ``F.conv2d`` forward + backward on the same shapes in NCHW (padding as given)."""
     import torch
@@ -101,10 +130,13 @@ def worker(args) -> None:
         for size in args.sizes:
             for (lhs, rhs, strides, padding), count in unet_convolutions(preset, size, args.batch).items():
                 shape = (lhs, rhs, strides, padding)
+                wait = lambda r: r[0].block_until_ready()
                 candidates = {
-                    "cloudjax": H.timed(jax_conv(*shape), args.repeats, lambda r: r[0].block_until_ready()),
+                    "cloudjax": H.timed(jax_conv(*shape), args.repeats, wait),
                     "torch_eager": H.timed(torch_conv(*shape), args.repeats, lambda r: None),
                 }
+                if args.matmul and (matmul := jax_matmul(*shape)) is not None:
+                    candidates["cloudjax_matmul"] = H.timed(matmul, args.repeats, wait)
                 for fn in candidates.values():
                     fn()  # warm-up (compile)
                 times = H.interleaved(candidates, args.turns)
@@ -123,22 +155,30 @@ def main() -> None:
     parser.add_argument("--cores", nargs="+", default=["1"], help="core settings: 1 (pinned), all")
     parser.add_argument("--repeats", type=int, default=3, help="calls per turn")
     parser.add_argument("--turns", type=int, default=3, help="turns per framework (A B A B ...)")
+    parser.add_argument("--matmul", action="store_true", help="also time each convolution written as a matmul")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=H.RESULTS / "conv_kernels_cpu.json")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     argv = ["--presets", *args.presets, "--sizes", *map(str, args.sizes), "--batch", str(args.batch)]
-    argv += ["--repeats", str(args.repeats), "--turns", str(args.turns)]
+    argv += ["--repeats", str(args.repeats), "--turns", str(args.turns)] + ["--matmul"] * args.matmul
     meta = dict(H.machine(), load_average_start=os.getloadavg())
     rows = H.run_workers(__file__, argv, args.cores)
     meta["load_average_end"] = os.getloadavg()
     totals = collections.defaultdict(float)
+    shape = lambda r: tuple(map(str, (r["preset"], r["image_size"], r["cores"], r["input"], r["kernel"], r["strides"])))
+    as_matmul = {shape(r): r for r in rows if r["framework"] == "cloudjax_matmul"}
     for row in rows:
-        totals[(row["framework"], row["preset"], row["image_size"], row["cores"])] += row["ms"] * row["count"]
+        if row["framework"] != "cloudjax_matmul":
+            totals[(row["framework"], row["preset"], row["image_size"], row["cores"])] += row["ms"] * row["count"]
+        if row["framework"] == "cloudjax" and args.matmul:  # every stride-1 convolution as a matmul, the rest as is
+            ms = as_matmul.get(shape(row), row)["ms"]
+            totals[("cloudjax_matmul", row["preset"], row["image_size"], row["cores"])] += ms * row["count"]
     summary = [dict(framework=f, preset=p, image_size=s, cores=c, ms_per_forward_backward=round(ms, 2),
                     images_per_second=args.batch / (ms / 1e3)) for (f, p, s, c), ms in totals.items()]  # fmt: skip
-    ratios = H.ratios(summary, ("preset", "image_size", "cores"), "images_per_second")  # > 1: XLA's are faster
+    convs = [r for r in summary if r["framework"] != "cloudjax_matmul"]
+    ratios = H.ratios(convs, ("preset", "image_size", "cores"), "images_per_second")  # > 1: XLA's are faster
     args.out.write_text(json.dumps(dict(meta=meta, ratios=ratios, totals=summary, rows=rows), indent=1) + "\n")
     print(*map(json.dumps, ratios + summary), f"wrote {args.out}", sep="\n")
 
