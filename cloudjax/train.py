@@ -742,31 +742,32 @@ def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndar
 class _Logger:
     """metrics.jsonl (process 0), TensorBoard events if tensorboardX is installed, a line on stderr.
 
-    Records after ``start`` (written by a run that was killed before its next checkpoint) are dropped.
+    Records after ``start`` (written by a run that was killed before its next checkpoint) are dropped. The
+    TensorBoard writer is made at the first record (importing tensorboardX takes seconds: not before step 1).
     """
 
     def __init__(self, workdir: Path, enabled: bool, stream, start: int):
-        self.enabled, self.stream = enabled, stream
+        self.enabled, self.stream, self.workdir = enabled, stream, workdir
         path = workdir / "metrics.jsonl"
         if enabled and path.exists():
             kept = [line for line in path.read_text().splitlines() if _record_step(line) <= start]
             atomic_write(path, "".join(line + "\n" for line in kept))
         self.file = path.open("a") if enabled else None
         self.tb = None
-        if enabled:
-            try:
-                from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(str(workdir / "tensorboard"))
-            except ImportError:
-                pass
 
     def write(self, record: dict, line: str) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb is not None:
+        if self.tb is None:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            except ImportError:
+                self.tb = False
+        if self.tb:
             for k, v in record.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, record["step"])
@@ -775,7 +776,7 @@ class _Logger:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        if self.tb is not None:
+        if self.tb:
             self.tb.close()
 
 

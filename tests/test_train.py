@@ -121,6 +121,8 @@ def test_preempted_run_resumes_to_the_same_parameters(tmp_path):
     assert _max_diff(a.opt_state, b.opt_state) < 1e-6
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # steps 1, 2 before the preemption, 3, 4 after
+    events = sorted((tmp_path / "resumed" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 2 and all(e.stat().st_size > 100 for e in events)  # one writer per run, with scalars
 
 
 def test_sigterm_checkpoints_the_current_step(tmp_path):

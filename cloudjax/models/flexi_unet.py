@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cloudjax.models.unet import UNet, UNetConfig, _upsample2, timestep_embedding
+from cloudjax.models.unet import UNet, UNetConfig, _upsample2, compiled_init, timestep_embedding
 
 __all__ = ["FlexiUNet", "init", "flops_per_level", "parameter_count"]
 
@@ -101,10 +101,8 @@ def init(config: UNetConfig, image_size: int, key: jax.Array, out_shardings=None
     """``(graphdef, state)`` of a new Flexi-UNet, initialised in one jitted computation (eager NNX
     construction runs each initialiser op by op); ``out_shardings`` places the state."""
     build = lambda k: FlexiUNet(config, image_size, rngs=nnx.Rngs(k))
-    compiled = jax.jit(lambda k: nnx.state(build(k)), out_shardings=out_shardings).lower(jax.eval_shape(lambda: key))
-    # run once: optimising its hundreds of PRNG ops would cost more than it saves (as cloudjax.models.init)
-    state = compiled.compile(compiler_options={"xla_backend_optimization_level": 0})(key)
-    return nnx.graphdef(nnx.eval_shape(lambda: build(0))), state
+    graphdef, compiled = compiled_init(build, jax.eval_shape(lambda: key), out_shardings)
+    return graphdef, compiled(key)
 
 
 def parameter_count(model: nnx.Module) -> int:

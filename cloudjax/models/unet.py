@@ -246,12 +246,24 @@ def init(config: UNetConfig, key: jax.Array, out_shardings=None) -> tuple[nnx.Gr
     costs 10× the compile time). ``nnx.merge(graphdef, state)`` gives the module back. ``out_shardings``
     places the state (e.g. replicated).
     """
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
-    return graphdef, _compiled_init(config, out_shardings)(key)
+    graphdef, compiled = _compiled_init(config, out_shardings)
+    return graphdef, compiled(key)
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_init(config: UNetConfig, out_shardings):
-    build = jax.jit(lambda k: nnx.state(UNet(config, rngs=nnx.Rngs(k))), out_shardings=out_shardings)
-    key = jax.eval_shape(jax.random.key, 0)
-    return build.lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})
+    return compiled_init(lambda k: UNet(config, rngs=nnx.Rngs(k)), jax.eval_shape(jax.random.key, 0), out_shardings)
+
+
+def compiled_init(build, key, out_shardings=None) -> tuple[nnx.GraphDef, jax.stages.Compiled]:
+    """``(graphdef, compiled key → state)`` of the module ``build(key)`` makes, from one trace of its construction
+    (the graphdef is read off that trace), compiled without backend optimisation."""
+    graphdefs = []
+
+    def state_of(k):
+        graphdef, state = nnx.split(build(k))
+        graphdefs.append(graphdef)
+        return state
+
+    lowered = jax.jit(state_of, out_shardings=out_shardings).lower(key)
+    return graphdefs[0], lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
