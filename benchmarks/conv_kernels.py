@@ -59,37 +59,33 @@ def jax_conv(lhs, rhs, strides, padding):
     """``() → result``: jitted forward + vjp (input and kernel gradients) of one NHWC convolution."""
     import jax
 
-    rng = np.random.default_rng(0)
-    x, w = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    @jax.jit
-    def step(x, w):
-        y, pullback = jax.vjp(conv, x, w)
-        return pullback(y)
-
-    x, w = jax.device_put(x), jax.device_put(w)
-    return lambda: step(x, w)
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _forward_backward(conv, lhs, rhs)
 
 
 def jax_matmul(lhs, rhs, strides, padding):
     """The same convolution written as one matmul (``None`` for a strided one): 1×1 as an einsum over channels,
     k×k as im2col, the k² shifted inputs stacked on the channel axis against the ``(k²·C, O)`` kernel."""
-    import jax
     import jax.numpy as jnp
 
     if tuple(strides) != (1, 1):
         return None
-    rng = np.random.default_rng(0)
-    x, w = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
     (kh, kw, c, o), (_, h, w_, _) = rhs, lhs
 
     def conv(x, w):
         x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
         cols = jnp.concatenate([x[:, i : i + h, j : j + w_] for i in range(kh) for j in range(kw)], axis=-1)
         return jnp.einsum("bhwk,ko->bhwo", cols, w.reshape(kh * kw * c, o))
+
+    return _forward_backward(conv, lhs, rhs)
+
+
+def _forward_backward(conv, lhs, rhs):
+    """``() → result``: ``conv(x, w)`` on random inputs of those shapes, forward and vjp, jitted."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=lhs).astype(np.float32), rng.normal(size=rhs).astype(np.float32)
 
     @jax.jit
     def step(x, w):
