@@ -380,53 +380,50 @@ def make_train_step(
     optimizer = make_optimizer(config)
     accum = config.grad_accum
 
-    @functools.cache
-    def program(branch: int | None) -> Callable:
-        def loss_fn(params, micro, key):
-            loss_key, dropout_key = jax.random.split(key)
-            model = nnx.merge(graphdef, params)
-            apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
-            kw = {} if branch is None else {"branch": branch}
-            return diffusion.loss(apply_fn, loss_key, micro, **kw)
+    def loss_fn(params, micro, key, branch):
+        loss_key, dropout_key = jax.random.split(key)
+        model = nnx.merge(graphdef, params)
+        apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
+        return diffusion.loss(apply_fn, loss_key, micro, **({} if branch is None else {"branch": branch}))
 
-        grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(loss_fn)
 
-        def gradients(params, batch, key):
-            """Mean loss and gradient over the batch: one pass when ``accum == 1``, else over the micro-batches."""
-            if accum == 1:
-                return grad_fn(params, batch, jax.random.fold_in(key, 0))
-            micro = batch.reshape(batch.shape[0] // accum, accum, *batch.shape[1:]).swapaxes(0, 1)
+    def gradients(params, batch, key, branch):
+        """Mean loss and gradient over the batch: one pass when ``accum == 1``, else over the micro-batches."""
+        if accum == 1:
+            return grad_fn(params, batch, jax.random.fold_in(key, 0), branch)
+        micro = batch.reshape(batch.shape[0] // accum, accum, *batch.shape[1:]).swapaxes(0, 1)
 
-            def accumulate(carry, inputs):
-                loss_sum, grad_sum = carry
-                i, x = inputs
-                loss, grads = grad_fn(params, x, jax.random.fold_in(key, i))
-                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+        def accumulate(carry, inputs):
+            loss_sum, grad_sum = carry
+            i, x = inputs
+            loss, grads = grad_fn(params, x, jax.random.fold_in(key, i), branch)
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            # unrolled: inside a while loop XLA:CPU leaves the backward convolutions in non-canonical dimension
-            # orders that miss its fast (Eigen) kernels, ~6× slower; unrolled, every convolution is canonical.
-            carry = (jnp.zeros(()), zeros)
-            (loss, grads), _ = jax.lax.scan(accumulate, carry, (jnp.arange(accum), micro), unroll=True)
-            return loss / accum, jax.tree.map(lambda g: g / accum, grads)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        # unrolled: inside a while loop XLA:CPU leaves the backward convolutions in non-canonical dimension
+        # orders that miss its fast (Eigen) kernels, ~6× slower; unrolled, every convolution is canonical.
+        carry = (jnp.zeros(()), zeros)
+        (loss, grads), _ = jax.lax.scan(accumulate, carry, (jnp.arange(accum), micro), unroll=True)
+        return loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
-        def step(state: TrainState, batch: jax.Array, key: jax.Array):
-            loss, grads = gradients(state.params, batch, key)
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            d = config.ema_decay
-            ema = jax.tree.map(lambda e, p: e + (1 - d) * (p - e), state.ema, params)
-            new = state.replace(params=params, opt_state=opt_state, ema=ema, step=state.step + 1)
-            return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    def step(state: TrainState, batch: jax.Array, key: jax.Array, branch: int | None = None):
+        loss, grads = gradients(state.params, batch, key, branch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        d = config.ema_decay
+        ema = jax.tree.map(lambda e, p: e + (1 - d) * (p - e), state.ema, params)
+        new = state.replace(params=params, opt_state=opt_state, ema=ema, step=state.step + 1)
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-        if mesh is None:
-            return jax.jit(step, donate_argnums=0)
+    shardings = {}
+    if mesh is not None:
         replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        return jax.jit(step, in_shardings=(replicated, data, replicated), out_shardings=replicated, donate_argnums=0)
-
+        shardings = dict(in_shardings=(replicated, data, replicated), out_shardings=replicated)
+    jitted = jax.jit(step, static_argnums=3, donate_argnums=0, **shardings)  # one program per branch
     if getattr(diffusion, "loss_branches", None) is None:
-        return program(None)
-    return lambda state, batch, key: program(loss_branch(diffusion, key))(state, batch, key)
+        return jitted
+    return lambda state, batch, key: jitted(state, batch, key, loss_branch(diffusion, key))
 
 
 # ----------------------------------------------------------------------------------------------------------
