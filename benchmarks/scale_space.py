@@ -94,19 +94,18 @@ def bench_sampling(model, size: int, nfe: int, batch: int, turns: int) -> list[d
     graphdef, params = nnx.split(model)
     denoise = Partial(lambda p, x, t, **kw: apply(graphdef, p, x, t, **kw), params)
     flops = flops_per_level(model)
-    keys = iter(range(1, 10**6))
+    procs = {name: process(name, size) for name in PROCESSES}
     runs = {}
-    for name in PROCESSES:
-        proc = process(name, size)
+    for name, proc in procs.items():
         runs[name] = lambda proc=proc: cj.sample(
-            denoise, proc, jax.random.key(next(keys)), (batch, size, size, 1), steps=nfe - 1, method="ddpm"
+            denoise, proc, jax.random.key(1), (batch, size, size, 1), steps=nfe - 1, method="ddpm"
         )
         runs[name]().block_until_ready()  # compile
     times = H.interleaved({name: H.timed(run, 1, jax.block_until_ready) for name, run in runs.items()}, turns)
     rows = [dict(size=size, process=name, nfe=nfe, batch=batch, turns=turns,
                  seconds_per_image=H.median(times[name]) / batch,
-                 gflops_per_sample=flops_per_sample(process(name, size), flops, nfe) / 1e9)
-            for name in PROCESSES]  # fmt: skip
+                 gflops_per_sample=flops_per_sample(proc, flops, nfe) / 1e9)
+            for name, proc in procs.items()]  # fmt: skip
     base = rows[0]
     for row in rows:
         row["speedup_vs_ddpm"] = base["seconds_per_image"] / row["seconds_per_image"]
@@ -173,11 +172,13 @@ def bench_quality(data: str, size: int, steps: int, num: int, nfe: int) -> list[
             return optax.apply_updates(params, updates), opt_state, loss
 
         rng = np.random.default_rng(0)
+        weights = getattr(proc, "loss_branches", None)
         start = time.perf_counter()
         for i in range(steps):
             batch = jnp.asarray(train[rng.integers(0, len(train), 32)])
             key = jax.random.key(i)
-            params, opt_state, loss = step(params, opt_state, batch, key, cj.process.loss_branch(proc, key))
+            branch = None if weights is None else cj.process.loss_branch(weights, key)
+            params, opt_state, loss = step(params, opt_state, batch, key, branch)
         train_seconds = time.perf_counter() - start
         denoise = Partial(lambda p, x, t, g=graphdef, **kw: apply(g, p, x, t, **kw), params)
         samples = cj.sample(denoise, proc, jax.random.key(123), (num, size, size, 1), steps=nfe - 1, method="ddpm")

@@ -114,13 +114,10 @@ class ForwardProcess(Protocol):
         """The samples after the last step, from the final state x and the x̂0 predicted there."""
 
 
-def loss_branch(process: ForwardProcess, key: jax.Array) -> int | None:
+def loss_branch(weights: np.ndarray, key: jax.Array) -> int:
     """The loss branch (see the module docstring) that the step with ``key`` trains, drawn on the host from the key's
-    bits with probabilities ``process.loss_branches``; None for a process with one program. Deterministic in the
-    key (a resumed run draws the same branches); every process of a multi-host run draws the same one."""
-    weights = getattr(process, "loss_branches", None)
-    if weights is None:
-        return None
+    bits with probabilities ``weights`` (a process's ``loss_branches``, read once by the caller). Deterministic in
+    the key (a resumed run draws the same branches); every process of a multi-host run draws the same one."""
     bits = jax.random.key_data(key)
     bits = np.asarray(bits.addressable_data(0) if isinstance(bits, jax.Array) else bits).ravel()
     return int(np.random.default_rng(bits.astype(np.uint64)).choice(len(weights), p=weights))

@@ -421,9 +421,10 @@ def make_train_step(
         replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         shardings = dict(in_shardings=(replicated, data, replicated), out_shardings=replicated)
     jitted = jax.jit(step, static_argnums=3, donate_argnums=0, **shardings)  # one program per branch
-    if getattr(diffusion, "loss_branches", None) is None:
+    weights = getattr(diffusion, "loss_branches", None)
+    if weights is None:
         return jitted
-    return lambda state, batch, key: jitted(state, batch, key, loss_branch(diffusion, key))
+    return lambda state, batch, key: jitted(state, batch, key, loss_branch(weights, key))
 
 
 # ----------------------------------------------------------------------------------------------------------

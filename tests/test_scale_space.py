@@ -192,8 +192,9 @@ def test_loss_takes_one_resolution_per_batch(host_branch):
     x0 = jnp.ones((4, 8, 8, 1))
     loss = jax.jit(lambda k, b: d.loss(net, k, x0, b), static_argnums=1)
     keys = [jax.random.key(k) for k in range(600)]
-    branches = [cj.process.loss_branch(d, k) if host_branch else None for k in keys]
-    assert branches == [cj.process.loss_branch(d, k) if host_branch else None for k in keys]  # deterministic
+    weights = d.loss_branches
+    branches = [cj.process.loss_branch(weights, k) if host_branch else None for k in keys]
+    assert branches == [cj.process.loss_branch(weights, k) if host_branch else None for k in keys]  # deterministic
     for k, b in zip(keys, branches, strict=True):
         loss(k, b).block_until_ready()
     # the loss's own rule: t ∈ (i/T, (i + 1)/T] is step i (the host's d.step adds a 1e-3-step tolerance for grids)
