@@ -98,7 +98,7 @@ class Dataset:
 
 
 def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir: str | None, seed: int) -> Dataset:
-    """Open ``spec``; the last ``2 · num`` examples are held out (Fashion-MNIST ``all``: its test split)."""
+    """Open ``spec``; the last ``2 · num`` examples are held out (``num`` = ``--num-ref``)."""
     source = open_source(spec, image_size, channels=1, data_dir=data_dir, seed=seed)
     kind, _, arg = spec.partition(":")
     n = source.num_examples
@@ -381,8 +381,7 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
     reached ``--train-steps`` is loaded from its ``ema_bf16.npz`` (no checkpoint needed: a few hundred kB for
     ``tiny``), anything else is trained or resumed with :func:`cloudjax.train.train` and the EMA saved.
     """
-    from cloudjax.data.sources import ArraySource
-    from cloudjax.train import TrainConfig, check_workdir, generate, load_run, train
+    from cloudjax.train import generate, load_run
 
     def sample(run, graphdef, params) -> Model:
         # the loss weighting plays no part in sampling: one value lets the variants that differ only in it
@@ -396,8 +395,31 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
     if workdir is not None:
         run, graphdef, state = load_run(workdir)
         return sample(run, graphdef, as_bf16(state.ema))
-    variant = VARIANTS[name]
     workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
+    run, graphdef, params = trained(name, spec, data, workdir, args)
+    return sample(run, graphdef, params)
+
+
+EMA_AT = (0.25, 0.5, 1.0)  # fractions of --train-steps whose EMA is kept: scoring them shows the metrics settled
+
+
+def ema_path(workdir: Path, fraction: float) -> Path:
+    """``ema_bf16.npz`` for the finished run, ``ema_bf16_25pct.npz`` etc. for the earlier stages."""
+    return workdir / ("ema_bf16.npz" if fraction == 1 else f"ema_bf16_{round(100 * fraction)}pct.npz")
+
+
+def trained(name: str, spec: str, data: Dataset, workdir: Path, args: argparse.Namespace, fraction: float = 1.0):
+    """``(run, graphdef, bf16 EMA params)`` of variant ``name`` after ``fraction`` of ``--train-steps``.
+
+    A stage whose ``ema_bf16*.npz`` exists is loaded; otherwise the stages of :data:`EMA_AT` up to ``fraction`` are
+    trained or resumed in turn with :func:`cloudjax.train.train` (the lr horizon is the whole run, so the stages
+    are one run cut in three) and each EMA saved; ``training.json`` beside them summarises the loss curve
+    (:func:`loss_summary`).
+    """
+    from cloudjax.data.sources import ArraySource
+    from cloudjax.train import TrainConfig, check_workdir, load_run, train
+
+    variant = VARIANTS[name]
     config = TrainConfig(
         data=spec,
         data_dir=args.data_dir,
@@ -407,10 +429,12 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
         dtype=args.dtype,
         batch_size=args.train_batch,
         steps=args.train_steps,
+        decay_steps=args.train_steps,
         lr=args.lr,
         prediction=args.prediction,
         warmup_steps=min(500, args.train_steps // 10),
-        checkpoint_every=min(args.train_steps, 5000),
+        checkpoint_every=min(args.train_steps, 1000),
+        log_every=min(args.train_steps, 50),
         ema_decay=args.ema_decay,
         noise=variant.noise,
         delta=variant.delta,
@@ -418,16 +442,51 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
         loss_weighting=variant.loss_weighting,
         seed=args.seed,
     )
-    ema_file = workdir / "ema_bf16.npz"
     run = check_workdir(config, workdir)  # refuses a folder that holds a different run
-    if run is not None and ema_file.is_file():
-        graphdef, params, step = load_ema(ema_file, config)
-        if step == args.train_steps:
-            return sample(run, graphdef, params)
-    train(config, workdir, source=ArraySource(data.train, args.image_size, 1))
-    run, graphdef, state = load_run(workdir)
-    save_ema(ema_file, state.ema, int(state.step))
-    return sample(run, graphdef, as_bf16(state.ema))
+
+    def saved(stage: float):
+        path = ema_path(workdir, stage)
+        if run is None or not path.is_file():
+            return None
+        graphdef, params, step = load_ema(path, config)
+        return (graphdef, params) if step == round(stage * args.train_steps) else None
+
+    stages = [f for f in EMA_AT if f <= fraction]
+    done = saved(stages[-1])
+    for stage in [] if done else stages:
+        done = saved(stage)
+        if done is None:
+            steps = round(stage * args.train_steps)
+            train(dataclasses.replace(config, steps=steps), workdir, source=ArraySource(data.train, args.image_size, 1))
+            run, graphdef, state = load_run(workdir)
+            save_ema(ema_path(workdir, stage), state.ema, int(state.step))
+            done = graphdef, as_bf16(state.ema)
+    if (workdir / "metrics.jsonl").is_file():
+        summary = loss_summary(workdir / "metrics.jsonl", config.batch_size)
+        (workdir / "training.json").write_text(json.dumps(summary, indent=1))
+    return run, *done
+
+
+def loss_summary(path: Path, batch_size: int, smoothing: float = 0.9, tolerance: float = 0.02) -> dict:
+    """The loss curve of ``metrics.jsonl`` (one record per ``log_every`` steps, each the mean loss since the last)
+    in a few numbers: first, at 80 % of the steps and final, EMA-smoothed (decay ``smoothing`` per record), and
+    ``plateau``: the smoothed loss fell by less than ``tolerance`` (relative) over the last 20 % of the steps."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = np.array([r["step"] for r in records])
+    smoothed, value = [], records[0]["loss"]
+    for r in records:
+        value = smoothing * value + (1 - smoothing) * r["loss"]
+        smoothed.append(value)
+    at80 = smoothed[int(np.searchsorted(steps, 0.8 * steps[-1]))]
+    return dict(
+        steps=int(steps[-1]),
+        batch_size=batch_size,
+        images=int(steps[-1]) * batch_size,
+        loss_first=records[0]["loss"],
+        loss_at_80pct=at80,
+        loss_final=smoothed[-1],
+        plateau=bool(at80 - smoothed[-1] < tolerance * at80),
+    )
 
 
 def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
@@ -472,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, default=list(NFES), help="network evaluations per sample (>= 2)")
     p.add_argument("--num-samples", type=int, default=2048, help="samples per (variant, sampler, NFE)")
+    p.add_argument("--num-ref", type=int, default=None, help="held-out images scored against (default --num-samples)")
     p.add_argument("--sample-batch", type=int, default=512)
     p.add_argument("--max-train", type=int, default=1_000_000, help="at most this many training images")
     p.add_argument("--denoiser", choices=["unet", "oracle"], default="unet", help="oracle: exact Gaussian denoiser")
@@ -491,11 +551,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) every model, then exit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.tiny:
         p.set_defaults(**TINY)
         args = p.parse_args(argv)
+    args.num_ref = args.num_ref or args.num_samples
+    if args.num_ref < args.num_samples:
+        p.error("--num-ref must be >= --num-samples (the floor compares --num-samples held-out images with them)")
     if min(args.nfe) < 2:
         p.error("--nfe values must be >= 2 (one step and the final denoising call)")
     if (args.workdir_white or args.workdir_cloud) and len(args.datasets) != 1:
@@ -527,9 +591,9 @@ class Study:
 
 def prepare(spec: str, args: argparse.Namespace) -> Study:
     """Load one dataset, score the real-data floor and train (or load) every variant's model."""
-    data = load_dataset(spec, args.image_size, args.num_samples, args.max_train, args.data_dir, args.seed)
+    data = load_dataset(spec, args.image_size, args.num_ref, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    floor = score(data.ref, data.ref2, jax.random.key(args.seed), classifier, args.swd_patches)
+    floor = score(data.ref, data.ref2[: args.num_samples], jax.random.key(args.seed), classifier, args.swd_patches)
     models: dict[str, Model] = {}
     for name in args.variants:
         owner = VARIANTS[name].model_of or name
@@ -563,6 +627,8 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
 
     studies = [prepare(spec, args) for spec in args.datasets]
+    if args.train_only:
+        return result
     for spec, study in zip(args.datasets, studies, strict=True):
         data = study.data
         result["floor"][data.name] = study.floor

@@ -92,15 +92,34 @@ def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16
     run = json.loads((folder / "run.json").read_text())
     config = run["config"]
     assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
-    assert config["steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
+    assert config["decay_steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
     assert config["ema_decay"] == wvc.TINY["ema_decay"]
-    with np.load(folder / "ema_bf16.npz") as ema:
-        assert int(ema["__step__"]) == wvc.TINY["train_steps"]
-        assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
+    for fraction in wvc.EMA_AT:  # one run, its EMA kept at 25 %, 50 % and 100 % of the steps
+        with np.load(wvc.ema_path(folder, fraction)) as ema:
+            assert int(ema["__step__"]) == round(fraction * wvc.TINY["train_steps"])
+            assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
+    training = json.loads((folder / "training.json").read_text())
+    assert training["steps"] == wvc.TINY["train_steps"] and training["images"] == 10 * wvc.TINY["train_batch"]
     shutil.rmtree(folder / "checkpoints")
     again = wvc.main(args)["rows"]
     assert not (folder / "checkpoints").exists(), "reloading the EMA must not train again"
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
+
+
+@pytest.mark.parametrize("tail, plateau", [(0.0, True), (0.01, True), (0.05, False)])
+def test_loss_summary_calls_a_plateau_by_the_last_fifth_of_the_steps(wvc, tmp_path, tail, plateau):
+    """A loss that falls fast and then by ``tail`` (relative) over the last 20 % of the steps; noise is smoothed."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(50, 10_001, 50)
+    loss = 0.3 + 0.7 * np.exp(-steps / 800) - tail * 0.3 * np.clip((steps - 8000) / 2000, 0, 1)
+    loss = loss * (1 + 0.01 * rng.standard_normal(len(steps)))
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        "".join(json.dumps({"step": int(s), "loss": float(v)}) + "\n" for s, v in zip(steps, loss, strict=True))
+    )
+    summary = wvc.loss_summary(path, batch_size=64)
+    assert summary["steps"] == 10_000 and summary["images"] == 640_000 and summary["plateau"] is plateau
+    assert summary["loss_first"] > summary["loss_at_80pct"] >= summary["loss_final"] * (1 - 0.01)
 
 
 def test_bf16_ema_round_trips_the_unet_parameters(wvc, tmp_path):
