@@ -138,23 +138,57 @@ def diffusion_for(variant: Variant, data: Dataset) -> cj.GaussianDiffusion:
 # --- scoring ------------------------------------------------------------------------------------------------------
 
 
-def score(ref: np.ndarray, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int) -> dict[str, float]:
-    """Every metric of ``samples`` against ``ref`` (both ``(N, H, W, C)`` in data units)."""
-    k_swd, k_hf = jax.random.split(key)
-    swd = metrics.sliced_wasserstein(ref, samples, k_swd, num_patches=swd_patches)
-    result = {f"swd_{level}": float(v) for level, v in swd.items()}
-    result["spectral_distance"] = float(metrics.spectral_distance(ref, samples))
-    result["frechet_pixel"] = metrics.frechet_distance(ref.reshape(len(ref), -1), samples.reshape(len(samples), -1))
-    result["frechet_spectrum"] = metrics.frechet_distance(
-        metrics.fourier_features(ref), metrics.fourier_features(samples)
-    )
+def features(images: np.ndarray, classifier) -> dict[str, np.ndarray]:
+    """What the metrics read of a set of images ``(N, H, W, C)``, one row per image: the images themselves, their
+    radial log spectra and, with a classifier, its features (so a bootstrap resamples rows, not networks)."""
+    out = {"images": images, "spectrum": np.asarray(metrics.fourier_features(images))}
     if classifier is not None:
-        feats = lambda x: metrics.classifier_features(classifier, x)
-        result["frechet_classifier"] = metrics.frechet_distance(feats(ref), feats(samples))
-    result["high_frequency_accuracy"] = float(metrics.high_frequency_test(ref, samples, k_hf))
-    result["sample_mean"] = float(samples.mean())
-    result["sample_std"] = float(samples.std())
+        out["classifier"] = metrics.classifier_features(classifier, images)
+    return out
+
+
+def measure(fx: dict, fy: dict, key: jax.Array, swd_patches: int) -> dict[str, float]:
+    """Every metric of the set ``fy`` against the reference ``fx`` (:func:`features` of each, data units)."""
+    (x, y), (k_swd, k_hf) = (fx["images"], fy["images"]), jax.random.split(key)
+    swd = metrics.sliced_wasserstein(x, y, k_swd, num_patches=swd_patches)
+    result = {f"swd_{level}": float(v) for level, v in swd.items()}
+    result["spectral_distance"] = float(metrics.spectral_distance(x, y))
+    result["frechet_pixel"] = metrics.frechet_distance(x.reshape(len(x), -1), y.reshape(len(y), -1))
+    result["frechet_spectrum"] = metrics.frechet_distance(fx["spectrum"], fy["spectrum"])
+    if "classifier" in fx:
+        result["frechet_classifier"] = metrics.frechet_distance(fx["classifier"], fy["classifier"])
+    result["high_frequency_accuracy"] = float(metrics.high_frequency_test(x, y, k_hf))
     return result
+
+
+def score(fx: dict, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int, bootstrap: int = 0):
+    """``(metrics, replicates)``: every metric of ``samples`` against the reference features ``fx``, plus the pixel
+    mean and std; and each metric over ``bootstrap`` resamplings (with replacement) of both sets, ``{metric:
+    (bootstrap,)}``, each with its own metric key — the spread of the metric over new sample and reference sets.
+
+    A resampled set repeats images, which inflates a distance between distributions (the Fréchet distances most:
+    repeated rows shrink the covariance); the replicates are therefore shifted by their mean's excess over the
+    measured value (the bootstrap's bias estimate), so that intervals are centred on what was measured.
+    """
+    fy = features(samples, classifier)
+    result = measure(fx, fy, key, swd_patches) | {
+        "sample_mean": float(samples.mean()),
+        "sample_std": float(samples.std()),
+    }
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    draws = []
+    for b in range(bootstrap):
+        ix, iy = rng.integers(0, len(fx["images"]), len(fx["images"])), rng.integers(0, len(samples), len(samples))
+        take = lambda f, i: {k: v[i] for k, v in f.items()}
+        draws.append(measure(take(fx, ix), take(fy, iy), jax.random.fold_in(key, b), swd_patches))
+    replicates = {m: np.array([d[m] for d in draws]) for m in (draws[0] if draws else {})}
+    return result, {m: v - (v.mean() - result[m]) for m, v in replicates.items()}
+
+
+def interval(replicates: np.ndarray, level: float = 0.95) -> list[float]:
+    """The percentile bootstrap interval ``[low, high]`` of a metric's replicates (NaN ones left out)."""
+    tail = 50 * (1 - level)
+    return [float(v) for v in np.nanpercentile(replicates, [tail, 100 - tail], method="nearest")]
 
 
 def badness(metric: str, value: float) -> float:
@@ -162,28 +196,48 @@ def badness(metric: str, value: float) -> float:
     return abs(value - 0.5) if metric == "high_frequency_accuracy" else value
 
 
-def headline(rows: list[dict]) -> dict:
-    """Smallest NFE at which each variant matches white noise at its largest NFE, per dataset/sampler/metric.
+def headline(rows: list[dict], replicates: dict[int, dict[str, np.ndarray]] | None = None) -> dict:
+    """Per dataset, variant, sampler and metric: how many NFE each needs to reach white noise's best quality.
 
-    Rows without a white row of the same dataset and sampler have no reference and are left out.
+    ``threshold``: the worse end of the 95 % interval of white's best value (any NFE of that sampler); ``white_nfe``
+    and ``nfe_to_match``: the smallest NFE at which white and the variant are at least that good (None: never);
+    ``ratio`` = white_nfe / nfe_to_match (> 1: the variant is faster). ``ratio_ci95`` repeats this on every
+    bootstrap replicate with the same threshold (a replicate in which the variant never matches counts as ratio
+    0, one in which white never does is left out); it needs ``replicates`` (``{row index: {metric: (B,)}}``), else it is None. Rows without a white row of
+    the same dataset and sampler are left out.
     """
+    replicates = replicates or {}
     out: dict = {}
-    white = {}
-    for r in sorted((r for r in rows if r["variant"] == "white"), key=lambda r: r["nfe"]):
-        white[(r["dataset"], r["sampler"])] = r  # the largest NFE wins
-    for r in rows:
-        reference = white.get((r["dataset"], r["sampler"]))
-        if r["variant"] == "white" or reference is None:
-            continue
-        best_nfe, target = reference["nfe"], reference["metrics"]
-        entry = out.setdefault(r["dataset"], {}).setdefault(r["variant"], {}).setdefault(r["sampler"], {})
-        for metric, value in r["metrics"].items():
-            if metric.startswith("sample_"):
-                continue
-            entry.setdefault(metric, {"white_nfe": best_nfe, "white": target[metric], "nfe_to_match": None})
-            matched = badness(metric, value) <= badness(metric, target[metric])
-            if matched and (entry[metric]["nfe_to_match"] is None or r["nfe"] < entry[metric]["nfe_to_match"]):
-                entry[metric]["nfe_to_match"] = r["nfe"]
+    groups: dict = {}
+    for i in sorted(range(len(rows)), key=lambda i: rows[i]["nfe"]):
+        r = rows[i]
+        groups.setdefault((r["dataset"], r["sampler"]), {}).setdefault(r["variant"], []).append(i)
+    for (dataset, sampler), variants in groups.items():
+        white = variants.pop("white", [])
+        for metric in [m for m in rows[white[0]]["metrics"] if not m.startswith("sample_")] if white else []:
+            point = {i: badness(metric, rows[i]["metrics"][metric]) for ids in [white, *variants.values()] for i in ids}
+            best = min(white, key=point.get)
+            draws = {i: badness(metric, replicates[i][metric]) for i in point if metric in replicates.get(i, {})}
+            threshold = float(np.percentile(draws[best], 97.5)) if best in draws else point[best]
+            first = lambda ids, bad: next((rows[i]["nfe"] for i in ids if bad[i] <= threshold), None)  # noqa: B023
+            white_nfe = first(white, point)
+            for name, ids in variants.items():
+                need = first(ids, point)
+                entry = dict(
+                    white_best=rows[best]["metrics"][metric],
+                    white_best_nfe=rows[best]["nfe"],
+                    threshold=threshold,
+                    white_nfe=white_nfe,
+                    nfe_to_match=need,
+                    ratio=None if need is None or white_nfe is None else white_nfe / need,
+                    ratio_ci95=None,
+                )
+                count = min((len(draws[i]) if i in draws else 0 for i in white + ids), default=0)
+                if count:
+                    at = lambda b: {i: draws[i][b] for i in white + ids}  # noqa: B023
+                    ratios = [(first(white, at(b)) or np.nan) / (first(ids, at(b)) or np.inf) for b in range(count)]
+                    entry["ratio_ci95"] = interval(np.array(ratios))
+                out.setdefault(dataset, {}).setdefault(name, {}).setdefault(sampler, {})[metric] = entry
     return out
 
 
@@ -265,7 +319,8 @@ def draw(model: Model, sampler: str, nfe: int, t_start: float, batch: int, num: 
 
 
 def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
-    """One panel per metric: value against NFE (log axis), a line per variant and sampler, the real-data floor."""
+    """One panel per metric: value against NFE (log axis), a line per variant and sampler with its 95 % interval
+    shaded (rows that have ``metrics_ci95``), the real-data floor."""
     names = [m for m in rows[0]["metrics"] if not m.startswith("sample_")]
     cols = 4
     fig = new_figure(figsize=(4 * cols, 3.2 * -(-len(names) // cols)))
@@ -277,17 +332,23 @@ def plot_metrics(rows: list[dict], floor: dict[str, float], path: Path) -> None:
     for ax, name in zip(axes, names, strict=False):
         for i, variant in enumerate(variants):
             for sampler in samplers:
-                pts = sorted(
-                    (r["nfe"], r["metrics"][name]) for r in rows if (r["variant"], r["sampler"]) == (variant, sampler)
+                mine = sorted(
+                    (r for r in rows if (r["variant"], r["sampler"]) == (variant, sampler)), key=lambda r: r["nfe"]
                 )
-                if pts:
-                    ax.plot(
-                        *zip(*pts, strict=True),
-                        styles[sampler],
-                        color=f"C{i}",
-                        marker=".",
-                        label=f"{variant} {sampler}",
-                    )
+                if not mine:
+                    continue
+                nfe = [r["nfe"] for r in mine]
+                ax.plot(
+                    nfe,
+                    [r["metrics"][name] for r in mine],
+                    styles[sampler],
+                    color=f"C{i}",
+                    marker=".",
+                    label=f"{variant} {sampler}",
+                )
+                if all(name in r.get("metrics_ci95", {}) for r in mine):
+                    low, high = zip(*(r["metrics_ci95"][name] for r in mine), strict=True)
+                    ax.fill_between(nfe, low, high, color=f"C{i}", alpha=0.15, lw=0)
         ax.axhline(floor[name], color="grey", lw=0.8, ls="--", label="real vs real")
         ax.set_xscale("log")
         ax.set_xticks(nfes, [str(n) for n in nfes])
@@ -374,8 +435,8 @@ def as_bf16(params):
     return jax.tree.map(lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32), params)
 
 
-def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) -> Model:
-    """The EMA UNet of variant ``name``, with its weights rounded to bfloat16.
+def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace, fraction: float = 1.0) -> Model:
+    """The EMA UNet of variant ``name`` (after ``fraction`` of its training), with its weights rounded to bfloat16.
 
     Reused from ``--workdir-white/--workdir-cloud`` (any cloudjax run), or from ``--workdir``: there a run that
     reached ``--train-steps`` is loaded from its ``ema_bf16.npz`` (no checkpoint needed: a few hundred kB for
@@ -395,9 +456,13 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace) ->
     if workdir is not None:
         run, graphdef, state = load_run(workdir)
         return sample(run, graphdef, as_bf16(state.ema))
-    workdir = Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
-    run, graphdef, params = trained(name, spec, data, workdir, args)
+    run, graphdef, params = trained(name, spec, data, run_dir(args, data, name), args, fraction)
     return sample(run, graphdef, params)
+
+
+def run_dir(args: argparse.Namespace, data: Dataset, name: str) -> Path:
+    """Where variant ``name`` of ``data`` trains: ``<--workdir>/<data>_<size>_<variant>``."""
+    return Path(args.workdir) / f"{data.name}_{args.image_size}_{name}"
 
 
 EMA_AT = (0.25, 0.5, 1.0)  # fractions of --train-steps whose EMA is kept: scoring them shows the metrics settled
@@ -506,6 +571,8 @@ def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
 
 TINY = dict(
     datasets=["patches:400"],
+    bootstrap=4,
+    convergence=["ddim", "3"],
     image_size=16,
     variants=["white", "cloud", "cloud-t0.95"],
     samplers=["ddim"],
@@ -548,6 +615,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classifier", default=None, help="feature classifier .npz (trained and saved if missing)")
     p.add_argument("--classifier-steps", type=int, default=3000)
     p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamplings for the 95%% intervals (0: none)")
+    p.add_argument(
+        "--convergence",
+        nargs=2,
+        default=["dpm++2m", "50"],
+        metavar=("SAMPLER", "NFE"),
+        help="score each trained model at 25/50/100%% of its steps with this sampler and NFE",
+    )
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
@@ -580,12 +655,15 @@ def device_name() -> str:
 
 @dataclasses.dataclass
 class Study:
-    """One dataset ready to sample: its data, classifier (or None), real-data floor and a model per variant."""
+    """One dataset ready to sample: its data, classifier (or None), the held-out reference's :func:`features`, the
+    real-data floor (metrics and their bootstrap replicates) and a model per variant."""
 
     data: Dataset
     classifier: metrics.Classifier | None
-    floor: dict[str, float]
+    reference: dict[str, np.ndarray]
+    floor: tuple[dict[str, float], dict[str, np.ndarray]]
     models: dict[str, Model]
+    trained: list[str]  # the variants trained in --workdir (their EMA kept at 25 / 50 / 100 %)
     sheets: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
 
 
@@ -593,7 +671,9 @@ def prepare(spec: str, args: argparse.Namespace) -> Study:
     """Load one dataset, score the real-data floor and train (or load) every variant's model."""
     data = load_dataset(spec, args.image_size, args.num_ref, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    floor = score(data.ref, data.ref2[: args.num_samples], jax.random.key(args.seed), classifier, args.swd_patches)
+    reference = features(data.ref, classifier)
+    key = jax.random.key(args.seed)
+    floor = score(reference, data.ref2[: args.num_samples], key, classifier, args.swd_patches, args.bootstrap)
     models: dict[str, Model] = {}
     for name in args.variants:
         owner = VARIANTS[name].model_of or name
@@ -603,7 +683,9 @@ def prepare(spec: str, args: argparse.Namespace) -> Study:
                 if args.denoiser == "oracle"
                 else unet_model(owner, spec, data, args)
             )
-    return Study(data, classifier, floor, models)
+    reused = {"white": args.workdir_white, "cloud": args.workdir_cloud}
+    trained = [name for name in models if args.denoiser == "unet" and reused.get(name) is None]
+    return Study(data, classifier, reference, floor, models, trained)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -619,24 +701,42 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     out.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
-    result = {"config": config, "datasets": {}, "floor": {}, "rows": [], "headline": {}, "summary": {}}
+    result = {"config": config, "datasets": {}, "floor": {}, "floor_ci95": {}, "training": {}, "rows": []}
+    replicates: dict[int, dict[str, np.ndarray]] = {}  # row index → {metric: (bootstrap,)}
 
     def save() -> None:
-        result.update(headline=headline(result["rows"]), summary=summary(result["rows"]))
+        result.update(headline=headline(result["rows"], replicates), summary=summary(result["rows"]))
         result["config"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews timings
         (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+        flat = {f"{i}/{m}": v for i, draws in replicates.items() for m, v in draws.items()}
+        np.savez(out / "white_vs_cloud_bootstrap.npz", **flat)
+
+    def measured(study: Study, samples: np.ndarray) -> tuple[dict, dict]:
+        return score(study.reference, samples, key, study.classifier, args.swd_patches, args.bootstrap)
 
     studies = [prepare(spec, args) for spec in args.datasets]
     if args.train_only:
         return result
+    key, batch = jax.random.key(args.seed), min(args.sample_batch, args.num_samples)
     for spec, study in zip(args.datasets, studies, strict=True):
         data = study.data
-        result["floor"][data.name] = study.floor
+        result["floor"][data.name], draws = study.floor
+        result["floor_ci95"][data.name] = {m: interval(v) for m, v in draws.items()}
         result["datasets"][data.name] = dict(
             spec=spec, train_images=len(data.train), held_out=2 * len(data.ref), delta_fit=data.delta
         )
+        for name in study.trained:  # the metrics, not only the loss, have settled: score 25 / 50 / 100 %
+            training = json.loads((run_dir(args, data, name) / "training.json").read_text())
+            sampler, nfe = args.convergence[0], int(args.convergence[1])
+            for fraction in EMA_AT:
+                model = unet_model(name, spec, data, args, fraction)
+                samples, _, _ = draw(model, sampler, nfe, 1.0, batch, args.num_samples, args.seed)
+                values, draws = measured(study, samples)
+                at = {"sampler": sampler, "nfe": nfe, "metrics": values}
+                at["metrics_ci95"] = {m: interval(v) for m, v in draws.items()}
+                training.setdefault("metrics_at", {})[f"{round(100 * fraction)}%"] = at
+            result["training"][f"{data.name}_{args.image_size}_{name}"] = training
     save()
-    key, batch = jax.random.key(args.seed), min(args.sample_batch, args.num_samples)
     sheet_nfes = set(args.sheet_nfes or [n for n in (10, 50) if n in args.nfe] + [max(args.nfe)])
     for sampler in args.samplers:
         for study in studies:
@@ -647,24 +747,27 @@ def main(argv: list[str] | None = None) -> dict:
                 for nfe in sorted(args.nfe):
                     drawn = draw(model, sampler, nfe, variant.t_start, batch, args.num_samples, args.seed)
                     samples, clipped, seconds = drawn
+                    values, draws = measured(study, samples)
                     row = dict(
                         dataset=data.name,
                         noise=variant.noise,
                         variant=name,
                         sampler=sampler,
                         nfe=nfe,
-                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches)
-                        | {"sample_clipped": clipped},
+                        num_samples=len(samples),
+                        metrics=values | {"sample_clipped": clipped},
+                        metrics_ci95={m: interval(v) for m, v in draws.items()},
                         seconds_per_image=seconds,
                         device=config["device"],
                     )
                     print(json.dumps(row), flush=True)
+                    replicates[len(result["rows"])] = draws
                     result["rows"].append(row)
                     save()
                     if sampler == args.samplers[0] and nfe in sheet_nfes:
                         study.sheets[(name, nfe)] = samples[:16]
             rows = [r for r in result["rows"] if r["dataset"] == data.name]
-            plot_metrics(rows, study.floor, out / f"white_vs_cloud_{data.name}_metrics.png")
+            plot_metrics(rows, result["floor"][data.name], out / f"white_vs_cloud_{data.name}_metrics.png")
             plot_samples(data.ref, study.sheets, out / f"white_vs_cloud_{data.name}_samples.png")
     return result
 

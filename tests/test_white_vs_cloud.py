@@ -100,6 +100,21 @@ def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16
             assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
     training = json.loads((folder / "training.json").read_text())
     assert training["steps"] == wvc.TINY["train_steps"] and training["images"] == 10 * wvc.TINY["train_batch"]
+    # the converged-study schema: intervals on every metric, the model scored at 25 / 50 / 100 % of its steps
+    saved = json.loads((out / "white_vs_cloud.json").read_text())
+    entry = saved["training"][folder.name]
+    assert set(entry["metrics_at"]) == {"25%", "50%", "100%"} and entry["plateau"] in (True, False)
+    final = {k: v for k, v in rows[0]["metrics"].items() if k != "sample_clipped"}
+    assert entry["metrics_at"]["100%"]["metrics"] == final  # the same model, sampler, NFE and keys as the row
+    assert entry["metrics_at"]["25%"]["metrics"] != final
+    for row in saved["rows"]:
+        assert row["num_samples"] == wvc.TINY["num_samples"]
+        for metric, (low, high) in row["metrics_ci95"].items():
+            assert low <= row["metrics"][metric] <= high, metric
+    assert set(saved["floor_ci95"][rows[0]["dataset"]]) == set(saved["floor"][rows[0]["dataset"]]) - {
+        "sample_mean",
+        "sample_std",
+    }
     shutil.rmtree(folder / "checkpoints")
     again = wvc.main(args)["rows"]
     assert not (folder / "checkpoints").exists(), "reloading the EMA must not train again"
@@ -155,11 +170,48 @@ def test_headline_finds_the_first_nfe_that_matches_white(wvc):
     rows = [row("white", 10, 0.5, 0.9), row("white", 100, 0.2, 0.6)]
     rows += [row("cloud", 10, 0.3, 0.45), row("cloud", 20, 0.19, 0.7), row("cloud", 100, 0.1, 0.35)]
     entry = wvc.headline(rows)["d"]["cloud"]["ddim"]
-    assert entry["swd_mean"] == {"white_nfe": 100, "white": 0.2, "nfe_to_match": 20}
+    assert entry["swd_mean"] == dict(
+        white_best=0.2, white_best_nfe=100, threshold=0.2, white_nfe=100, nfe_to_match=20, ratio=5.0, ratio_ci95=None
+    )
     # the high-frequency test is judged by its distance from chance: 0.45 beats white's 0.6
     assert entry["high_frequency_accuracy"]["nfe_to_match"] == 10
     worse = wvc.headline(rows[:2] + [row("cloud", 10, 0.9, 0.99)])["d"]["cloud"]["ddim"]
-    assert worse["swd_mean"]["nfe_to_match"] is None
+    assert worse["swd_mean"]["nfe_to_match"] is None and worse["swd_mean"]["ratio"] is None
+
+
+def test_headline_threshold_and_ratio_interval_come_from_the_bootstrap(wvc):
+    """White's best (0.20 at NFE 100) has an interval up to ~0.25, so white is within it from NFE 50 (0.24) and
+    cloud from NFE 10 (0.245): ratio 5. The replicates decide the interval of the ratio. Without spread the
+    threshold is white's best itself: white needs NFE 100, cloud 50 (0.245 at NFE 10 is worse): ratio 2."""
+    rng = np.random.default_rng(0)
+
+    def row(variant, nfe, swd):
+        return dict(dataset="d", variant=variant, sampler="ddim", nfe=nfe, metrics={"swd_mean": swd})
+
+    values = [("white", 10, 0.5), ("white", 50, 0.24), ("white", 100, 0.2), ("cloud", 10, 0.245), ("cloud", 50, 0.1)]
+    rows = [row(*v) for v in values]
+    spread = 0.025 * rng.standard_normal(400)  # the same spread for every row: ~ ±0.05 at 95 %
+    replicates = {i: {"swd_mean": r["metrics"]["swd_mean"] + rng.permutation(spread)} for i, r in enumerate(rows)}
+    entry = wvc.headline(rows, replicates)["d"]["cloud"]["ddim"]["swd_mean"]
+    assert 0.23 < entry["threshold"] < 0.27 and entry["white_nfe"] == 50 and entry["nfe_to_match"] == 10
+    assert entry["ratio"] == 5
+    low, high = entry["ratio_ci95"]
+    assert {low, high} <= {1, 2, 5, 10} and low < 5 < high  # white at NFE 50 or 100, cloud at 10 or 50
+    exact = {i: {"swd_mean": np.full(400, r["metrics"]["swd_mean"])} for i, r in enumerate(rows)}
+    entry = wvc.headline(rows, exact)["d"]["cloud"]["ddim"]["swd_mean"]
+    assert entry["threshold"] == 0.2 and entry["ratio"] == 2 and entry["ratio_ci95"] == [2, 2]
+
+
+def test_score_intervals_are_centred_on_the_measured_value(wvc):
+    """Bootstrap replicates of a distance are shifted by the bootstrap's bias: the interval brackets the value."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(64, 8, 8, 1)).astype(np.float32)
+    y = np.clip(x[::-1] * 0.8 + 0.1, 0, 1)
+    values, draws = wvc.score(wvc.features(x, None), y, jax.random.key(0), None, swd_patches=256, bootstrap=20)
+    for metric, v in draws.items():
+        assert v.shape == (20,) and np.isclose(v.mean(), values[metric])
+        low, high = wvc.interval(v)
+        assert low <= values[metric] <= high and high > low, metric
 
 
 def test_summary_takes_whites_best_over_samplers_and_the_variant_that_matches_soonest(wvc):
