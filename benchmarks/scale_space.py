@@ -70,7 +70,7 @@ def flops_only(size: int, nfe: int) -> list[dict]:
 
 def process(name: str, size: int):
     if name == "blurring":
-        return cj.BlurringDiffusion(schedule="linear", blur_sigma_max=size / 4)
+        return cj.BlurringDiffusion(schedule="linear")  # the paper's DCT blur, σ_B,max = 20·size/32
     return cj.ScaleSpaceDiffusion(image_size=size, levels=1 if name == "ddpm" else int(name[2:]), schedule="linear")
 
 

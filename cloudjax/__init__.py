@@ -12,7 +12,7 @@ from cloudjax.process import ForwardProcess, NoiseModel, Schedule
 from cloudjax.samplers import sample
 from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.schedules import CalibratedSchedule, CosineSchedule, LinearSchedule, calibrated_schedule, get_schedule
-from cloudjax.spectral import centered, irfft_real, radial_profile, rfft_real, wavenumbers
+from cloudjax.spectral import centered, dct2, idct2, irfft_real, radial_profile, rfft_real, wavenumbers
 from cloudjax.stats import (
     DatasetStats,
     PowerLawFit,

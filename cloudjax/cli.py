@@ -340,6 +340,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gmm-components", type=int, default=None, help="generation: mixture components (default 1)")
     p.add_argument("--levels", type=int, default=None, help="scale_space: resolution levels (default 4)")
+    p.add_argument(
+        "--blur-sigma-max", type=float, default=None, help="blurring: blur std in px at t = 1 (default 20·size/32)"
+    )
+    p.add_argument(
+        "--blur-basis",
+        choices=registry.BLUR_BASES,
+        default=None,
+        help="blurring: dct (the paper's, reflecting boundaries; white noise) or fourier (periodic; default for cloud)",
+    )
+    p.add_argument(
+        "--blur-schedule",
+        choices=registry.BLUR_SCHEDULES,
+        default=None,
+        help="blurring: σ_B(t) ∝ sin² (default) or sin",
+    )
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint interval in steps (default 1000)")
     p.add_argument("--keep", type=int, default=None, help="checkpoints kept (default 3)")
     p.add_argument("--sample-every", type=int, default=None, help="EMA sample grid interval (default 0: never)")

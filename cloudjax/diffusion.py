@@ -167,11 +167,15 @@ class GaussianDiffusion:
           noise: optional ε of x0's shape.
         """
         x0 = jnp.asarray(x0)
-        _check_t(t)
         if noise is None:
             noise = self.noise.sample(key, x0.shape)
-        alpha, sigma = self.alpha_sigma(_per_example(t, x0.ndim))
-        return alpha * x0 + sigma * noise
+        return self.mean(x0, t) + self.alpha_sigma(_per_example(t, x0.ndim))[1] * noise
+
+    def mean(self, x0: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+        """``E[x_t | x0] = α_t x0`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar) in [0, 1]."""
+        x0 = jnp.asarray(x0)
+        _check_t(t)
+        return self.alpha_sigma(_per_example(t, x0.ndim))[0] * x0
 
     def to_x0_eps(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(x̂0, ε̂) from the network output ``out`` at (x_t, t), t of shape ``(B,)``."""

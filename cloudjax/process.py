@@ -27,7 +27,7 @@ compile per shape) and, between runs k and k + 1, the single step from the last 
 run k + 1, unrolled: that step may change the shape. A sampler's multistep memory restarts at every stage.
 Gaussian and cold processes have one stage. Which samplers drive which process is ``registry.SAMPLERS`` (by
 ``process.kind``); a process that needs its own update rule adds a step function to ``samplers.METHODS`` and its
-name to the registry. A Gaussian process whose α is an operator (blurring diffusion: a gain per Π mode) can
+name to the registry. A Gaussian process whose α is an operator (blurring diffusion: a gain per DCT or Π mode) can
 reuse the Gaussian rules, which are elementwise in α and σ, by returning per-mode (α, σ) from ``coefficients``
 and predicting in its own basis.
 

@@ -23,6 +23,8 @@ __all__ = [
     "SAMPLERS",
     "DEGRADATIONS",
     "BLUR_ROUTINES",
+    "BLUR_BASES",
+    "BLUR_SCHEDULES",
     "MODELS",
     "check",
     "parse_loss",
@@ -54,6 +56,10 @@ SAMPLERS = {
 }
 DEGRADATIONS = ("blur", "mask", "downsample", "decolor")
 BLUR_ROUTINES = ("constant", "incremental", "exponential")
+# blurring diffusion: the basis its blur is diagonal in ("dct": the paper's, reflecting boundaries; "fourier":
+# periodic, cloudjax's own, for cloud noise) and σ_B(t)/σ_B,max ("sin2": the paper's sin²(πt/2); "sin": older runs)
+BLUR_BASES = ("dct", "fourier")
+BLUR_SCHEDULES = ("sin2", "sin")
 MODELS = ("tiny", "small", "base")
 
 

@@ -282,18 +282,23 @@ class ScaleSpaceDiffusion:
     def q_sample(self, key: jax.Array, x0: jnp.ndarray, t: jnp.ndarray, noise=None, level: int | None = None):
         """``x_t = α_t M_{1:ℓ} x0 + σ_t ε`` at level ℓ = ``level`` (default ℓ(t); t must be concrete then and
         of one level); ε from the noise model at that resolution (or ``noise``)."""
+        mean = self.mean(x0, t, level)
+        if noise is None:
+            noise = self.noise.sample(key, mean.shape)
+        t = jnp.asarray(t, jnp.float32)
+        return mean + self.alpha_sigma(t.reshape(t.shape + (1,) * (mean.ndim - t.ndim)))[1] * noise
+
+    def mean(self, x0: jnp.ndarray, t: jnp.ndarray, level: int | None = None) -> jnp.ndarray:
+        """``E[x_t | x0] = α_t M_{1:ℓ} x0`` at resolution r(t), level ℓ = ``level`` (default ℓ(t); t must be
+        concrete then and of one level), for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar)."""
         x0 = jnp.asarray(x0, jnp.float32)
         if level is None:
             levels = np.unique(self.level(np.asarray(t)))
             if len(levels) != 1:
                 raise ValueError(f"t spans levels {levels.tolist()}; a batch must have one resolution")
             level = int(levels[0])
-        mean = degrade(x0, level, self.resize)
-        if noise is None:
-            noise = self.noise.sample(key, mean.shape)
         t = jnp.asarray(t, jnp.float32)
-        alpha, sigma = self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))
-        return alpha * mean + sigma * noise
+        return self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))[0] * degrade(x0, level, self.resize)
 
     def _branches(self) -> tuple[list[tuple[float, float, int, bool]], np.ndarray]:
         """The loss's branches ``(lo, hi, level, upsample)`` — each level's non-change steps (t ∈ (lo, hi]), then

@@ -1,4 +1,4 @@
-"""The real Fourier transform Π∘FFT, its inverse, the wavenumber grid and radial profiles.
+"""The real Fourier transform Π∘FFT, its inverse, the wavenumber grid and radial profiles; the orthonormal DCT-II.
 
 Layout. ``rfft_real`` maps a real field of shape ``(H, W)`` (along ``axes``) to a real array of the same
 shape. It uses the standard (unshifted) FFT layout: index ``(i, j)`` holds the mode with frequencies
@@ -16,6 +16,11 @@ modes are free. With ``Zr = rfft2(x, norm="ortho")`` (columns ``0 .. W//2``) and
 The √2 makes Π∘FFT orthogonal: ‖X‖ = ‖x‖, white noise maps to white noise with every entry (the
 self-conjugate ones too) of variance 1, and ``irfft_real`` is the transpose. Every stored value sits at a
 position with the |k| of its mode, so a diagonal Π-space covariance is a function on this grid.
+
+DCT. ``dct2`` is the orthonormal 2-D DCT-II (the basis of the heat equation with reflecting boundaries, which
+blurring diffusion uses): entry ``(i, j)`` holds the coefficient of ``c_i(y) c_j(x)``, ``c_k(n) = s_k cos(π k
+(n + ½) / N)`` with ``s_0 = √(1/N)``, ``s_k = √(2/N)``; ``idct2`` is its exact inverse and transpose. Both are two
+matrix products (O(H + W) per pixel; on a CPU at image sizes several times faster than an FFT-based DCT).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = [
     "rfft_real",
     "irfft_real",
     "pi_layout",
+    "dct2",
+    "idct2",
     "wavenumbers",
     "radial_bins",
     "radial_profile",
@@ -128,6 +135,39 @@ def irfft_real(X: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
     Z = jnp.concatenate(parts, axis=-1)
     x = jnp.fft.irfft2(Z, s=(H, W), norm="ortho")
     return jnp.moveaxis(x, (-2, -1), (a, b))
+
+
+@functools.lru_cache(maxsize=64)
+def _dct_matrix(n: int) -> np.ndarray:
+    """``(n, n)`` orthonormal DCT-II matrix, row k = ``c_k(y) = s_k cos(π k (y + ½) / n)``, float32."""
+    k, y = np.arange(n)[:, None], np.arange(n)[None, :]
+    return (np.sqrt(np.where(k == 0, 1.0, 2.0) / n) * np.cos(np.pi * k * (y + 0.5) / n)).astype(np.float32)
+
+
+def _dct_apply(x: jnp.ndarray, axes: Sequence[int], inverse: bool) -> jnp.ndarray:
+    """``M_H x M_Wᵀ`` (or ``M_Hᵀ x M_W``) along ``axes`` in float32 at full matmul precision."""
+    x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        raise ValueError("dct2 and idct2 expect a real array, got a complex one")
+    a, b = _spatial_axes(x.ndim, axes)
+    y = jnp.moveaxis(x.astype(jnp.float32), (a, b), (-2, -1))
+    left, right = _dct_matrix(y.shape[-2]), _dct_matrix(y.shape[-1]).T
+    if inverse:
+        left, right = left.T, right.T
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.matmul(jnp.matmul(left, y, precision=hi), right, precision=hi)
+    return jnp.moveaxis(y, (-2, -1), (a, b))
+
+
+def dct2(x: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+    """Orthonormal 2-D DCT-II along ``axes`` (default ``(-3, -2)``, channels-last images): float32 of ``x``'s shape,
+    ``‖X‖ = ‖x‖``; ``X[i, j] = Σ_{y,x} x[y, x] c_i(y) c_j(x)`` (module docstring). Any H and W."""
+    return _dct_apply(x, axes, inverse=False)
+
+
+def idct2(X: jnp.ndarray, axes: Sequence[int] = (-3, -2)) -> jnp.ndarray:
+    """Exact inverse (and transpose) of :func:`dct2`: ``x[y, x] = Σ_{i,j} X[i, j] c_i(y) c_j(x)``, float32."""
+    return _dct_apply(X, axes, inverse=True)
 
 
 def wavenumbers(H: int, W: int) -> np.ndarray:

@@ -46,7 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from cloudjax import registry
 from cloudjax._files import atomic_write, workdir_lock
-from cloudjax.blurring import BlurringDiffusion
+from cloudjax.blurring import BlurringDiffusion, default_blur_sigma_max
 from cloudjax.cold import ColdDiffusion, MeanPrior
 from cloudjax.compile_cache import enable_compile_cache
 from cloudjax.diffusion import GaussianDiffusion
@@ -78,6 +78,8 @@ __all__ = [
 
 # Fields that may change when a run is resumed; any other difference is a different run.
 _RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep", "sample_every", "log_every")
+# The blur of blurring runs whose run.json predates these fields (periodic, σ_B = 20 sin(πt/2) px).
+_OLDER_BLURRING = dict(blur_sigma_max=20.0, blur_basis="fourier", blur_schedule="sin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,8 @@ class TrainConfig:
     process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
     on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
     x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
+    blur_sigma_max, blur_basis, blur_schedule: "blurring" only (see :class:`cloudjax.BlurringDiffusion`); None:
+    20·S/32 px (the paper's 20 at 32 px), "dct" for white noise and "fourier" for cloud, "sin2".
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -149,6 +153,9 @@ class TrainConfig:
     generation: bool = False
     gmm_components: int = 1
     levels: int | None = None
+    blur_sigma_max: float | None = None
+    blur_basis: str | None = None
+    blur_schedule: str | None = None
     checkpoint_every: int = 1000
     keep: int = 3
     sample_every: int = 0
@@ -233,6 +240,26 @@ class TrainConfig:
             raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
         if cold:
             self.cold_diffusion()  # validates the degradation's settings against the image size
+        self._check_blurring()
+
+    def _check_blurring(self) -> None:
+        """Fill the blurring settings left None with their defaults; they apply to process "blurring" only."""
+        names = ("blur_sigma_max", "blur_basis", "blur_schedule")
+        if self.process != "blurring":
+            if any(getattr(self, name) is not None for name in names):
+                raise ValueError("blur_sigma_max, blur_basis and blur_schedule apply to --process blurring only")
+            return
+        white = self.noise == "white"
+        defaults = (default_blur_sigma_max(self.image_size, self.image_size), "dct" if white else "fourier", "sin2")
+        for name, value in zip(names, defaults, strict=True):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        registry.check("blur_basis", self.blur_basis, registry.BLUR_BASES)
+        registry.check("blur_schedule", self.blur_schedule, registry.BLUR_SCHEDULES)
+        if self.blur_basis == "dct" and not white:
+            raise ValueError("blur_basis 'dct' needs white noise; cloud noise is diagonal in the Fourier basis only")
+        if not self.blur_sigma_max >= 0:
+            raise ValueError(f"blur_sigma_max must be >= 0, got {self.blur_sigma_max}")
 
     def cold_diffusion(self, mean_prior=None):
         """The :class:`~cloudjax.ColdDiffusion` of a cold config (``mean_prior`` for generation)."""
@@ -463,7 +490,8 @@ class Run:
         if c.process == "scale_space":
             return ScaleSpaceDiffusion(c.image_size, c.num_levels, self.noise, schedule, loss_weighting=loss)
         if c.process == "blurring":
-            return BlurringDiffusion(self.noise, schedule, loss_weighting=loss)
+            blur = dict(basis=c.blur_basis, blur_schedule=c.blur_schedule, loss_weighting=loss)
+            return BlurringDiffusion(self.noise, schedule, c.blur_sigma_max, **blur)
         return GaussianDiffusion(self.noise, schedule, c.prediction, c.loss_weighting)
 
     def normalize(self, x):
@@ -478,6 +506,8 @@ class Run:
     @classmethod
     def from_json(cls, text: str) -> Run:
         d = json.loads(text)
+        if d["config"].get("process") == "blurring":
+            d["config"] = {**_OLDER_BLURRING, **d["config"]}
         d["config"] = TrainConfig(**d["config"])
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         if d.get("channel_cov") is not None:

@@ -130,3 +130,32 @@ def test_stages_scan_per_shape_and_step_between(monkeypatch):
         (1, 2, 8, 8, 1),
     ]
     assert sorted(set(calls)) == [(2, 2, 2, 1), (2, 4, 4, 1), (2, 8, 8, 1)]
+
+
+def _block_mean(x):
+    return x.reshape(x.shape[0], x.shape[1] // 2, 2, x.shape[2] // 2, 2, x.shape[3]).mean((2, 4))
+
+
+@pytest.mark.parametrize(
+    "process, closed_form",
+    [
+        (cj.GaussianDiffusion(), lambda p, x0, t: p.alpha_sigma(t)[0] * x0),
+        (cj.ScaleSpaceDiffusion(8, 2, schedule="cosine"), lambda p, x0, t: p.alpha_sigma(t)[0] * _block_mean(x0)),
+        (cj.BlurringDiffusion(), None),  # its closed form: tests/test_blurring.py
+    ],
+    ids=["gaussian", "scale_space", "blurring"],
+)
+def test_mean_is_the_expectation_of_q_sample(process, closed_form):
+    """A Gaussian-family process's ``mean(x0, t)`` is E[x_t | x0]: the average of 4096 draws of q_sample (within 5
+    standard errors), at the resolution r(t) (t = 0.8 is the coarse level of 2-level scale space at 8 px)."""
+    x0 = 1.0 + jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    t, n = 0.8, 4096
+    mean = process.mean(x0, t)
+    draws = jax.vmap(lambda k: process.q_sample(k, x0, t))(jax.random.split(jax.random.key(1), n))
+    coarse = isinstance(process, cj.ScaleSpaceDiffusion)
+    assert mean.shape == draws.shape[1:] == ((2, 4, 4, 1) if coarse else x0.shape)
+    tol = 5 * float(process.alpha_sigma(t)[1]) / np.sqrt(n)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=tol)
+    assert np.abs(mean).mean() > 3 * tol  # the signal is far above the tolerance
+    if closed_form is not None:
+        np.testing.assert_allclose(mean, closed_form(process, x0, t), atol=1e-6)
