@@ -172,8 +172,9 @@ def sample(
       denoise_fn: ``denoise_fn(x_t, t)`` → the process's prediction (ε, x0 or v) for x_t ``shape`` and t
         ``(batch,)`` float32 in [0, 1]. The loop is compiled once per (function, process, shape, method,
         stochastic or not), whatever ``steps`` (up to 1023; one more program per doubling beyond), and reused
-        for the same function object, so values a function closes over are compiled in as constants: pass parameters that change (a model being trained) as arguments,
-        ``jax.tree_util.Partial(apply, params)`` with ``apply(params, x_t, t)``.
+        for the same function object, so values a function closes over are compiled in as constants: pass
+        parameters that change (a model being trained) as arguments, ``jax.tree_util.Partial(apply, params)``
+        with ``apply(params, x_t, t)``.
       diffusion: a forward process (:class:`~cloudjax.process.ForwardProcess`): ``GaussianDiffusion``,
         ``ColdDiffusion``, …
       key: PRNG key; the same key gives the same samples.
@@ -248,10 +249,11 @@ def _sample(denoise_fn, process, key, ts, bounds, init_noise, eta, stochasticity
     segments = []
     for k in range(len(bounds) - 1):
         memory = sampler.init_memory(jax.eval_shape(lambda x, t=ts[bounds[k]]: predict(x, t)[0], x))
-        in_stage = functools.partial(body, stage=k)
         if inside is None:
-            x, memory = jax.lax.fori_loop(bounds[k], bounds[k + 1] - 1, lambda i, c: in_stage(c, i)[0], (x, memory))
+            in_stage = lambda i, carry, k=k: body(carry, i, k)[0]
+            x, memory = jax.lax.fori_loop(bounds[k], bounds[k + 1] - 1, in_stage, (x, memory))
         elif inside[k]:
+            in_stage = functools.partial(body, stage=k)
             (x, memory), trajectory = jax.lax.scan(in_stage, (x, memory), bounds[k] + jnp.arange(inside[k]))
             segments.append(trajectory)
         if k < len(bounds) - 2:  # the step into the next stage, which may change the state's shape

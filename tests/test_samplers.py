@@ -165,12 +165,13 @@ def _stepwise(denoise_fn, process, key, shape, steps, method, eta=0.0, stochasti
     n, stochastic = len(ts) - 1, method == "ddpm" or eta > 0 or stochasticity > 0
     key_init, key_steps = jax.random.split(key)
     keys = jax.random.split(key_steps, n)
-    x = process.prior(key_init, shape, at(0), init_noise)
+    x, memory = process.prior(key_init, shape, at(0), init_noise), None
     for i in range(n):
         out_shape, t = process.state_shape(shape, stage[i + 1]), jnp.full(shape[:1], ts[i])
         grow = out_shape != x.shape  # a scale-space change step: the network up-samples
         x0, aux = process.predict(denoise_fn(x, t, **({"upsample": True} if grow else {})), x, t)
-        memory = sampler.init_memory(x) if i == 0 or stage[i] != stage[i - 1] else memory
+        if i == 0 or stage[i] != stage[i - 1]:
+            memory = sampler.init_memory(x)
         step = Step(x, x0, aux, at(i), at(i + 1), memory, i == n - 1, out_shape)
         key_i = keys[i] if stochastic or grow else None
         x, memory = sampler.step(process, step, key_i, jnp.float32(eta), jnp.float32(stochasticity))
