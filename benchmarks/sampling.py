@@ -6,7 +6,7 @@
 Both sides run the same network layout (``benchmarks/train_throughput.py``'s ``torch_unet``: diffusers'
 ``UNet2DModel`` with the preset's widths, blocks, attention and GroupNorm; equal parameter counts, recorded per
 row) for ``--steps`` deterministic DDIM steps from white noise, float32, random weights (the cost does not depend
-on them). cloudjax: the whole loop is one jitted ``lax.scan``, ``steps + 1`` network evaluations (the last
+on them). cloudjax: the whole loop is one jitted ``lax.fori_loop``, ``steps + 1`` network evaluations (the last
 returns x̂0). diffusers: ``DDIMPipeline`` under ``torch.inference_mode``, ``steps`` evaluations, output as numpy.
 Each core setting runs in its own worker; the two are timed in turns and rows give the median images/s (see
 ``benchmarks/_harness.py``). Writes ``results/sampling_<device>.json``.

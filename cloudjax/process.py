@@ -14,18 +14,18 @@ steps (cold: t = i / T) maps it to its own index. How the sampler uses a process
     stages = process.stages(steps, t_start, t_end)        # the grid t_0 > t_1 > … > t_steps, split in stages
     coef = process.coefficients(concat(stages))           # what the steps need at each time (a pytree)
     x = process.prior(key, shape, coef[0], init)          # the state at t_0
-    for each step t → s:                                  # one lax.scan per stage, see below
+    for each step t → s:                                  # one loop per stage, see below
         x0, aux = process.predict(denoise_fn(x, t), x, t) # the network output → x̂0 (+ what the step needs)
         step = Step(x, x0, aux, coef[t], coef[s], memory, last, state_shape(shape, stage of s))
         x, memory = METHODS[method].step(process, step, key, eta, stochasticity)
     return process.output(x, x̂0 at t_steps, coef[t_steps])
 
-Stages (for processes whose state changes shape, e.g. scale-space diffusion at its resolution changes):
-``stages`` returns the grid cut into consecutive runs of times; all states at the times of run k have the
-static shape ``state_shape(shape, k)``. The loop runs one ``lax.scan`` over the steps inside each run (one
-compile per shape) and, between runs k and k + 1, the single step from the last time of run k to the first of
-run k + 1, unrolled: that step may change the shape. A sampler's multistep memory restarts at every stage.
-Gaussian and cold processes have one stage. Which samplers drive which process is ``registry.SAMPLERS`` (by
+Stages (for processes whose state changes shape, e.g. scale-space diffusion at its resolution changes): ``stages``
+returns the grid cut into consecutive runs of times; all states at the times of run k have the static shape
+``state_shape(shape, k)``. The loop runs one ``lax.fori_loop`` over the steps inside each run (its bounds traced:
+one compile whatever the step count) and, between runs k and k + 1, the single step from the last time of run k to
+the first of run k + 1, unrolled: that step may change the shape. A sampler's multistep memory restarts at every
+stage. Gaussian and cold processes have one stage. Which samplers drive which process is ``registry.SAMPLERS`` (by
 ``process.kind``); a process that needs its own update rule adds a step function to ``samplers.METHODS`` and its
 name to the registry. A Gaussian process whose α is an operator (blurring diffusion: a gain per DCT or Π mode) can
 reuse the Gaussian rules, which are elementwise in α and σ, by returning per-mode (α, σ) from ``coefficients``

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.tree_util import Partial
 
 from cloudjax import registry
@@ -169,10 +170,11 @@ def sample(
 
     Args:
       denoise_fn: ``denoise_fn(x_t, t)`` → the process's prediction (ε, x0 or v) for x_t ``shape`` and t
-        ``(batch,)`` float32 in [0, 1]. The loop is compiled once per (function, shape, steps, method,
-        stochastic or not) and reused for the same function object, so values a function closes over are
-        compiled in as constants: pass parameters that change (a model being trained) as arguments,
-        ``jax.tree_util.Partial(apply, params)`` with ``apply(params, x_t, t)``.
+        ``(batch,)`` float32 in [0, 1]. The loop is compiled once per (function, process, shape, method,
+        stochastic or not), whatever ``steps`` (up to 1023; one more program per doubling beyond), and reused
+        for the same function object, so values a function closes over are compiled in as constants: pass
+        parameters that change (a model being trained) as arguments, ``jax.tree_util.Partial(apply, params)``
+        with ``apply(params, x_t, t)``.
       diffusion: a forward process (:class:`~cloudjax.process.ForwardProcess`): ``GaussianDiffusion``,
         ``ColdDiffusion``, …
       key: PRNG key; the same key gives the same samples.
@@ -183,7 +185,8 @@ def sample(
       t_start: start time in (0, 1]; t_end: end time in [0, t_start).
       stochasticity: the author's s in [0, 1] (``"ddim"`` and ``"ddpm"``).
       return_trajectory: also return ``{"x": x_s after each step, "x0": x̂0 at each step}``, each
-        ``(steps, *shape)`` (a list of such dicts, one per segment, when the process has several stages).
+        ``(steps, *shape)`` (a list of such dicts, one per segment, when the process has several stages);
+        its length is static, so this mode compiles once per ``steps``.
       init_noise: the start input of ``shape``: Gaussian, the ε of the start state σ_start ε (default a draw
         from the noise model; pass the same ε to compare methods or step counts on equal footing); cold, the
         degraded images x_{t_start} (default a draw from the process's prior, if it has one).
@@ -193,24 +196,37 @@ def sample(
     """
     shape = tuple(int(s) for s in shape)
     _check(diffusion, method, eta, stochasticity, shape)
-    stages = tuple(jnp.asarray(ts) for ts in diffusion.stages(METHODS[method].steps or steps, t_start, t_end))
+    stages = diffusion.stages(METHODS[method].steps or steps, t_start, t_end)
+    ts = np.concatenate(stages)
+    bounds = np.cumsum([0, *map(len, stages)], dtype=np.int32)  # stage k holds ts[bounds[k]:bounds[k + 1]]
+    # a trajectory has a static length: the steps inside each stage are then static too (one compile per grid)
+    inside = tuple(len(stage) - 1 for stage in stages) if return_trajectory else None
+    ts = np.pad(ts, (0, _grid_size(len(ts)) - len(ts)), mode="edge")
     if not isinstance(denoise_fn, Partial):
         denoise_fn = Partial(denoise_fn)
     stochastic = method == "ddpm" or eta > 0 or stochasticity > 0
-    options = (shape, method, stochastic, bool(return_trajectory))
     eta, stochasticity = jnp.float32(eta), jnp.float32(stochasticity)
-    return _sample(denoise_fn, diffusion, key, stages, init_noise, eta, stochasticity, *options)
+    args = (jnp.asarray(ts), jnp.asarray(bounds), init_noise, eta, stochasticity)
+    return _sample(denoise_fn, diffusion, key, *args, shape, method, stochastic, inside)
 
 
-@functools.partial(jax.jit, static_argnums=(7, 8, 9, 10))
-def _sample(
-    denoise_fn, process, key, stages, init_noise, eta, stochasticity, shape, method, stochastic, return_trajectory
-):
+def _grid_size(points: int) -> int:
+    """The padded length of a grid of ``points`` times: a power of two, at least 1024 (one program serves every
+    step count up to 1023)."""
+    return max(1024, 1 << (points - 1).bit_length())
+
+
+@functools.partial(jax.jit, static_argnums=(8, 9, 10, 11))
+def _sample(denoise_fn, process, key, ts, bounds, init_noise, eta, stochasticity, shape, method, stochastic, inside):
+    """The loop. ``ts`` the grid padded with its last time, ``bounds`` ``(stages + 1,)`` the stages' start indices
+    and the grid's length, both traced: a ``lax.fori_loop`` of a traced trip count per stage runs exactly the
+    grid's steps. ``inside``: None, or the static steps inside each stage, when a trajectory is returned (a
+    ``lax.scan`` of that length)."""
     sampler = METHODS[method]
     batch = shape[0]
-    ts = jnp.concatenate(stages)
     coef = process.coefficients(ts)
-    at = lambda i, j=None: jax.tree.map(lambda c: c[i] if j is None else c[i:j], coef)
+    at = lambda i: jax.tree.map(lambda c: c[i], coef)
+    n = bounds[-1] - 1  # the number of steps
 
     def predict(x, t, out_shape=None):  # into a larger state, a process may have the network up-sample
         t = jnp.full((batch,), t, jnp.float32)
@@ -218,36 +234,32 @@ def _sample(
         kw = {"upsample": True} if grow else {}
         return process.predict(check_output(denoise_fn(x, t, **kw), out_shape if grow else x.shape), x, t)
 
-    def body(carry, inputs, stage):  # a step t → s with s in ``stage``
+    def body(carry, i, stage):  # step i: ts[i] → ts[i + 1], a time in ``stage``
         x, memory = carry
-        t, at_t, at_s, step_key, last = inputs
         out_shape = process.state_shape(shape, stage)
-        x0, aux = predict(x, t, out_shape)
-        step = Step(x, x0, aux, at_t, at_s, memory, last, out_shape)
+        x0, aux = predict(x, ts[i], out_shape)
+        step = Step(x, x0, aux, at(i), at(i + 1), memory, i == n - 1, out_shape)
         fresh = stochastic or out_shape != x.shape  # a resolution increase always draws the new detail
-        x_next, memory = sampler.step(process, step, step_key if fresh else None, eta, stochasticity)
-        return (x_next, memory), ({"x": x_next, "x0": x0} if return_trajectory else None)
-
-    def steps_from(i, j):  # the scan inputs of steps i … j − 1 (step i goes ts[i] → ts[i + 1])
-        return ts[i:j], at(i, j), at(i + 1, j + 1), keys[i:j], last[i:j]
+        x_next, memory = sampler.step(process, step, keys[i] if fresh else None, eta, stochasticity)
+        return (x_next, memory), {"x": x_next, "x0": x0}
 
     key_init, key_steps = jax.random.split(key)
     x = process.prior(key_init, shape, at(0), init_noise)
-    n = len(ts) - 1
-    keys, last = jax.random.split(key_steps, n), jnp.arange(n) == n - 1
-    segments, i = [], 0
-    for k, stage in enumerate(stages):
-        memory = sampler.init_memory(jax.eval_shape(lambda x, t=stage[0]: predict(x, t)[0], x))
-        if len(stage) > 1:
-            inside = functools.partial(body, stage=k)
-            (x, memory), trajectory = jax.lax.scan(inside, (x, memory), steps_from(i, i + len(stage) - 1))
+    keys = jax.random.split(key_steps, len(ts) - 1)  # keys[i] is split(key_steps, n)[i] for every n > i
+    segments = []
+    for k in range(len(bounds) - 1):
+        memory = sampler.init_memory(jax.eval_shape(lambda x, t=ts[bounds[k]]: predict(x, t)[0], x))
+        if inside is None:
+            in_stage = lambda i, carry, k=k: body(carry, i, k)[0]
+            x, memory = jax.lax.fori_loop(bounds[k], bounds[k + 1] - 1, in_stage, (x, memory))
+        elif inside[k]:
+            in_stage = functools.partial(body, stage=k)
+            (x, memory), trajectory = jax.lax.scan(in_stage, (x, memory), bounds[k] + jnp.arange(inside[k]))
             segments.append(trajectory)
-            i += len(stage) - 1
-        if k < len(stages) - 1:  # the step into the next stage, which may change the state's shape
-            (x, _), trajectory = body((x, memory), jax.tree.map(lambda a: a[0], steps_from(i, i + 1)), k + 1)
+        if k < len(bounds) - 2:  # the step into the next stage, which may change the state's shape
+            (x, _), trajectory = body((x, memory), bounds[k + 1] - 1, k + 1)
             segments.append(jax.tree.map(lambda a: a[None], trajectory))
-            i += 1
-    samples = process.output(x, predict(x, ts[-1])[0], at(n))
-    if not return_trajectory:
+    samples = process.output(x, predict(x, ts[n])[0], at(n))
+    if inside is None:
         return samples
     return samples, segments[0] if len(segments) == 1 else segments

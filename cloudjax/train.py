@@ -721,7 +721,7 @@ def load_run(workdir: str | Path, step: int | None = None, stream=sys.stderr) ->
 
 @functools.lru_cache
 def _denoiser(graphdef: nnx.GraphDef) -> Callable:
-    """One function object per network, so the sampler compiles once per (network, shape, steps, method)."""
+    """One function object per network, so the sampler compiles once per (network, process, shape, method)."""
     return lambda params, x, t, **kw: nnx.merge(graphdef, params)(x, t, **kw)
 
 
