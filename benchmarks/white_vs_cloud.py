@@ -138,8 +138,8 @@ def diffusion_for(variant: Variant, data: Dataset) -> cj.GaussianDiffusion:
 # --- scoring ------------------------------------------------------------------------------------------------------
 
 
-def score(ref: np.ndarray, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int) -> dict[str, float]:
-    """Every metric of ``samples`` against ``ref`` (both ``(N, H, W, C)`` in data units)."""
+def score(ref: np.ndarray, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int, inception=None) -> dict:
+    """Every metric of ``samples`` against ``ref`` (both ``(N, H, W, C)`` in data units); FID with Inception weights."""
     k_swd, k_hf = jax.random.split(key)
     swd = metrics.sliced_wasserstein(ref, samples, k_swd, num_patches=swd_patches)
     result = {f"swd_{level}": float(v) for level, v in swd.items()}
@@ -151,6 +151,8 @@ def score(ref: np.ndarray, samples: np.ndarray, key: jax.Array, classifier, swd_
     if classifier is not None:
         feats = lambda x: metrics.classifier_features(classifier, x)
         result["frechet_classifier"] = metrics.frechet_distance(feats(ref), feats(samples))
+    if inception is not None:
+        result["fid"] = metrics.fid(ref, samples, inception)
     result["high_frequency_accuracy"] = float(metrics.high_frequency_test(ref, samples, k_hf))
     result["sample_mean"] = float(samples.mean())
     result["sample_std"] = float(samples.std())
@@ -487,6 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir-cloud", default=None, help="reuse this trained run for the 'cloud' variant")
     p.add_argument("--classifier", default=None, help="feature classifier .npz (trained and saved if missing)")
     p.add_argument("--classifier-steps", type=int, default=3000)
+    p.add_argument("--inception-weights", default=None, help="pytorch-fid's Inception .pth or its .npz: adds FID")
     p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
@@ -529,7 +532,7 @@ def prepare(spec: str, args: argparse.Namespace) -> Study:
     """Load one dataset, score the real-data floor and train (or load) every variant's model."""
     data = load_dataset(spec, args.image_size, args.num_samples, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    floor = score(data.ref, data.ref2, jax.random.key(args.seed), classifier, args.swd_patches)
+    floor = score(data.ref, data.ref2, jax.random.key(args.seed), classifier, args.swd_patches, args.inception_weights)
     models: dict[str, Model] = {}
     for name in args.variants:
         owner = VARIANTS[name].model_of or name
@@ -587,7 +590,9 @@ def main(argv: list[str] | None = None) -> dict:
                         variant=name,
                         sampler=sampler,
                         nfe=nfe,
-                        metrics=score(data.ref, samples, key, study.classifier, args.swd_patches)
+                        metrics=score(
+                            data.ref, samples, key, study.classifier, args.swd_patches, args.inception_weights
+                        )
                         | {"sample_clipped": clipped},
                         seconds_per_image=seconds,
                         device=config["device"],
