@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu_suite.sh [DIR]             # on the GPU machine; DIR defaults to $OUT
 #   bash benchmarks/gpu_suite.sh --dry-run [DIR]   # every part at tiny sizes on the CPU (tests/ runs this)
+#   bash benchmarks/gpu_suite.sh --inception-weights PATH [DIR]   # the study also scores FID (README "FID")
 #
 # Budget, seconds of the command on an H200. Estimates: no GPU has run this yet. Each part has a hard timeout, the
 # study trains every model first and then runs the samplers in priority order (dpm++2m, ddim, ddpm), saving each
@@ -31,10 +32,14 @@
 set -euo pipefail
 
 DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY=1
-    shift
-fi
+WEIGHTS=""
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+    --dry-run) DRY=1 && shift ;;
+    --inception-weights) WEIGHTS="$(realpath "$2")" && shift 2 ;;
+    *) echo "gpu_suite.sh: unknown option $1" >&2 && exit 2 ;;
+    esac
+done
 DIR="${1:-${OUT:?give an output folder or set OUT}}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$DIR"
@@ -116,7 +121,7 @@ STUDY_OUT="$DIR/white_vs_cloud"
 timeout "$STUDY_TIMEOUT" $PY benchmarks/white_vs_cloud.py "${STUDY[@]}" --variants "${VARIANT_LIST[@]}" \
     --train-steps "$STEPS" --ema-decay "$EMA" \
     --datasets "${DATASETS[@]}" ${FMNIST:+--data-dir "$FMNIST"} --workdir "$WORK" --classifier "$WORK/classifier.npz" \
-    --out "$STUDY_OUT" || log "white vs cloud: exit $?"
+    ${WEIGHTS:+--inception-weights "$WEIGHTS"} --out "$STUDY_OUT" || log "white vs cloud: exit $?"
 
 # Bring-back: the study's JSON beside the others; its figures and each run's run.json and metrics.jsonl (the loss
 # curve) in one tarball. The checkpoints and EMA weights of `small` (17 MB each in bf16) stay on the machine.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -138,12 +139,15 @@ def diffusion_for(variant: Variant, data: Dataset) -> cj.GaussianDiffusion:
 # --- scoring ------------------------------------------------------------------------------------------------------
 
 
-def features(images: np.ndarray, classifier) -> dict[str, np.ndarray]:
+def features(images: np.ndarray, classifier, inception=None) -> dict[str, np.ndarray]:
     """What the metrics read of a set of images ``(N, H, W, C)``, one row per image: the images themselves, their
-    radial log spectra and, with a classifier, its features (so a bootstrap resamples rows, not networks)."""
+    radial log spectra and, with a classifier or Inception weights, their features (so a bootstrap resamples rows,
+    not networks)."""
     out = {"images": images, "spectrum": np.asarray(metrics.fourier_features(images))}
     if classifier is not None:
         out["classifier"] = metrics.classifier_features(classifier, images)
+    if inception is not None:
+        out["inception"] = metrics.inception_features(images, inception)
     return out
 
 
@@ -157,11 +161,15 @@ def measure(fx: dict, fy: dict, key: jax.Array, swd_patches: int) -> dict[str, f
     result["frechet_spectrum"] = metrics.frechet_distance(fx["spectrum"], fy["spectrum"])
     if "classifier" in fx:
         result["frechet_classifier"] = metrics.frechet_distance(fx["classifier"], fy["classifier"])
+    if "inception" in fx:
+        result["fid"] = metrics.frechet_distance(fx["inception"], fy["inception"])
     result["high_frequency_accuracy"] = float(metrics.high_frequency_test(x, y, k_hf))
     return result
 
 
-def score(fx: dict, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int, bootstrap: int = 0):
+def score(
+    fx: dict, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int, bootstrap: int = 0, inception=None
+):
     """``(metrics, replicates)``: every metric of ``samples`` against the reference features ``fx``, plus the pixel
     mean and std; and each metric over ``bootstrap`` resamplings (with replacement) of both sets, ``{metric:
     (bootstrap,)}``, each with its own metric key — the spread of the metric over new sample and reference sets.
@@ -170,7 +178,7 @@ def score(fx: dict, samples: np.ndarray, key: jax.Array, classifier, swd_patches
     repeated rows shrink the covariance); the replicates are therefore shifted by their mean's excess over the
     measured value (the bootstrap's bias estimate), so that intervals are centred on what was measured.
     """
-    fy = features(samples, classifier)
+    fy = features(samples, classifier, inception)
     result = measure(fx, fy, key, swd_patches) | {
         "sample_mean": float(samples.mean()),
         "sample_std": float(samples.std()),
@@ -196,6 +204,11 @@ def badness(metric: str, value: float) -> float:
     return abs(value - 0.5) if metric == "high_frequency_accuracy" else value
 
 
+def _first_nfe(rows: list[dict], ids: list[int], bad: dict[int, float], threshold: float) -> int | None:
+    """The NFE of the first row of ``ids`` (sorted by NFE) whose badness is at most ``threshold``, or None."""
+    return next((rows[i]["nfe"] for i in ids if bad[i] <= threshold), None)
+
+
 def headline(rows: list[dict], replicates: dict[int, dict[str, np.ndarray]] | None = None) -> dict:
     """Per dataset, variant, sampler and metric: how many NFE each needs to reach white noise's best quality.
 
@@ -203,8 +216,8 @@ def headline(rows: list[dict], replicates: dict[int, dict[str, np.ndarray]] | No
     and ``nfe_to_match``: the smallest NFE at which white and the variant are at least that good (None: never);
     ``ratio`` = white_nfe / nfe_to_match (> 1: the variant is faster). ``ratio_ci95`` repeats this on every
     bootstrap replicate with the same threshold (a replicate in which the variant never matches counts as ratio
-    0, one in which white never does is left out); it needs ``replicates`` (``{row index: {metric: (B,)}}``), else it is None. Rows without a white row of
-    the same dataset and sampler are left out.
+    0, one in which white never does is left out); it needs ``replicates`` (``{row index: {metric: (B,)}}``),
+    else it is None. Rows without a white row of the same dataset and sampler are left out.
     """
     replicates = replicates or {}
     out: dict = {}
@@ -219,7 +232,7 @@ def headline(rows: list[dict], replicates: dict[int, dict[str, np.ndarray]] | No
             best = min(white, key=point.get)
             draws = {i: badness(metric, replicates[i][metric]) for i in point if metric in replicates.get(i, {})}
             threshold = float(np.percentile(draws[best], 97.5)) if best in draws else point[best]
-            first = lambda ids, bad: next((rows[i]["nfe"] for i in ids if bad[i] <= threshold), None)  # noqa: B023
+            first = functools.partial(_first_nfe, rows, threshold=threshold)
             white_nfe = first(white, point)
             for name, ids in variants.items():
                 need = first(ids, point)
@@ -234,8 +247,8 @@ def headline(rows: list[dict], replicates: dict[int, dict[str, np.ndarray]] | No
                 )
                 count = min((len(draws[i]) if i in draws else 0 for i in white + ids), default=0)
                 if count:
-                    at = lambda b: {i: draws[i][b] for i in white + ids}  # noqa: B023
-                    ratios = [(first(white, at(b)) or np.nan) / (first(ids, at(b)) or np.inf) for b in range(count)]
+                    at = [{i: draws[i][b] for i in white + ids} for b in range(count)]
+                    ratios = [(first(white, bad) or np.nan) / (first(ids, bad) or np.inf) for bad in at]
                     entry["ratio_ci95"] = interval(np.array(ratios))
                 out.setdefault(dataset, {}).setdefault(name, {}).setdefault(sampler, {})[metric] = entry
     return out
@@ -614,6 +627,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir-cloud", default=None, help="reuse this trained run for the 'cloud' variant")
     p.add_argument("--classifier", default=None, help="feature classifier .npz (trained and saved if missing)")
     p.add_argument("--classifier-steps", type=int, default=3000)
+    p.add_argument("--inception-weights", default=None, help="pytorch-fid's Inception .pth or its .npz: adds FID")
     p.add_argument("--swd-patches", type=int, default=16384, help="patches per pyramid level for the SWD")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamplings for the 95%% intervals (0: none)")
     p.add_argument(
@@ -671,9 +685,9 @@ def prepare(spec: str, args: argparse.Namespace) -> Study:
     """Load one dataset, score the real-data floor and train (or load) every variant's model."""
     data = load_dataset(spec, args.image_size, args.num_ref, args.max_train, args.data_dir, args.seed)
     classifier = get_classifier(data, args)
-    reference = features(data.ref, classifier)
-    key = jax.random.key(args.seed)
-    floor = score(reference, data.ref2[: args.num_samples], key, classifier, args.swd_patches, args.bootstrap)
+    reference = features(data.ref, classifier, args.inception_weights)
+    key, second = jax.random.key(args.seed), data.ref2[: args.num_samples]
+    floor = score(reference, second, key, classifier, args.swd_patches, args.bootstrap, args.inception_weights)
     models: dict[str, Model] = {}
     for name in args.variants:
         owner = VARIANTS[name].model_of or name
@@ -712,7 +726,9 @@ def main(argv: list[str] | None = None) -> dict:
         np.savez(out / "white_vs_cloud_bootstrap.npz", **flat)
 
     def measured(study: Study, samples: np.ndarray) -> tuple[dict, dict]:
-        return score(study.reference, samples, key, study.classifier, args.swd_patches, args.bootstrap)
+        return score(
+            study.reference, samples, key, study.classifier, args.swd_patches, args.bootstrap, args.inception_weights
+        )
 
     studies = [prepare(spec, args) for spec in args.datasets]
     if args.train_only:

@@ -1,8 +1,8 @@
 """Sample-quality metrics that need no download.
 
 Every metric compares a reference set ``x`` (data) with a candidate set ``y`` (generated samples), both
-channels-last image batches ``(N, H, W, C)`` in the same value range. None of them is FID: they are
-chosen so that low- and high-frequency fidelity can be read separately.
+channels-last image batches ``(N, H, W, C)`` in the same value range. All but FID and KID are chosen so that
+low- and high-frequency fidelity can be read separately.
 
 * :func:`sliced_wasserstein` — multi-scale sliced Wasserstein distance between 7×7 patches of the
   Laplacian pyramid levels (Karras et al. 2018), one value per frequency band.
@@ -13,7 +13,8 @@ chosen so that low- and high-frequency fidelity can be read separately.
   data's labels: a "classifier Fréchet distance").
 * :func:`high_frequency_test` — Falck et al.'s test: cross-validated accuracy of a logistic regression
   telling real from generated images by their high-frequency power; 0.5 means indistinguishable.
-* :func:`inception_fid` — the classic FID, only when a local TorchScript Inception file is given.
+* :func:`fid`, :func:`kid`, :func:`inception_features` — the classic FID and KID, with the Inception-v3
+  weights read from a local file (:mod:`cloudjax.fid`, re-exported here).
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cloudjax.fid import (
+    feature_statistics,
+    fid,
+    frechet_distance,
+    frechet_from_statistics,
+    inception_features,
+    kernel_inception_distance,
+    kid,
+    load_inception,
+    load_statistics,
+    save_statistics,
+)
 from cloudjax.spectral import _spatial_axes, radial_profile, rfft_real
 
 __all__ = [
@@ -47,7 +60,15 @@ __all__ = [
     "load_classifier",
     "high_frequency_features",
     "high_frequency_test",
-    "inception_fid",
+    "inception_features",
+    "fid",
+    "kid",
+    "kernel_inception_distance",
+    "feature_statistics",
+    "save_statistics",
+    "load_statistics",
+    "frechet_from_statistics",
+    "load_inception",
 ]
 
 _BINOMIAL = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
@@ -202,32 +223,6 @@ def spectral_distance(x: jnp.ndarray, y: jnp.ndarray, axes: tuple[int, int] = (-
 
 
 # --- Fréchet distance and features -------------------------------------------------------------------------------
-
-
-def _sqrt_psd(c: np.ndarray) -> np.ndarray:
-    """Symmetric square root ``V diag(√λ) Vᵀ`` of a positive semi-definite matrix (negative λ clipped)."""
-    lam, V = np.linalg.eigh(c)
-    return (V * np.sqrt(np.clip(lam, 0, None))) @ V.T
-
-
-def frechet_distance(feat_x: np.ndarray, feat_y: np.ndarray) -> float:
-    """Fréchet (2-Wasserstein) distance between Gaussians fitted to two feature sets ``(N, D)``.
-
-    ``d² = ‖μ_x − μ_y‖² + tr Σ_x + tr Σ_y − 2 tr (Σ_x^½ Σ_y Σ_x^½)^½``, in float64 numpy. Both square
-    roots are of symmetric PSD matrices and come from ``eigh`` (no scipy ``sqrtm``, no complex parts).
-    Returns d² (the number FID reports).
-    """
-    fx, fy = (np.asarray(f, np.float64) for f in (feat_x, feat_y))
-    if fx.ndim != 2 or fy.ndim != 2 or fx.shape[1] != fy.shape[1]:
-        raise ValueError(f"feat_x and feat_y must be (N, D) with the same D, got {fx.shape} and {fy.shape}")
-    if min(len(fx), len(fy)) < 2:
-        raise ValueError("feat_x and feat_y need at least 2 rows each")
-    cx, cy = np.atleast_2d(np.cov(fx, rowvar=False)), np.atleast_2d(np.cov(fy, rowvar=False))
-    s = _sqrt_psd(cx)
-    cross = s @ cy @ s
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((cross + cross.T) / 2), 0, None)).sum()
-    mean_term = np.sum((fx.mean(axis=0) - fy.mean(axis=0)) ** 2)
-    return float(mean_term + np.trace(cx) + np.trace(cy) - 2 * tr_sqrt)
 
 
 @functools.partial(jax.jit, static_argnames="radial")
@@ -458,38 +453,3 @@ def high_frequency_test(
         return ((1 - train) * hit).sum()
 
     return jax.vmap(correct_in_fold)(jnp.arange(folds)).sum() / (2 * n)
-
-
-# --- Optional Inception FID ---------------------------------------------------------------------------------------
-
-
-def inception_fid(x: np.ndarray, y: np.ndarray, weights_path: str | Path, batch_size: int = 64) -> float:
-    """FID with a local TorchScript Inception-v3 file (e.g. ``inception-2015-12-05.pt`` from StyleGAN2-ADA).
-
-    The file must accept float ``(N, 3, H, W)`` images in [0, 255] (it resizes to 299 itself) and return the
-    2048-d pool features when called with ``return_features=True``. ``x`` and ``y`` are ``(N, H, W, C)`` in
-    [0, 1]; grey images are repeated to 3 channels. torch is imported here only; nothing is downloaded.
-    """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights_path {path} is not a file: point it at a TorchScript Inception-v3 (.pt)")
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("inception_fid needs PyTorch: pip install torch") from e
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = torch.jit.load(str(path), map_location=device).eval()
-
-    def features(images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise ValueError(f"images must be (N, H, W, 1 or 3), got shape {images.shape}")
-        images = np.repeat(images, 3 // images.shape[-1], axis=-1)
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.clip(images[i : i + batch_size], 0, 1) * 255).permute(0, 3, 1, 2)
-                out.append(net(batch.to(device), return_features=True).cpu().numpy())
-        return np.concatenate(out)
-
-    return frechet_distance(features(x), features(y))

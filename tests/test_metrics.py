@@ -176,16 +176,3 @@ def test_bad_inputs_raise_value_errors(images):
         metrics.train_classifier(np.zeros((4, 8, 8, 1)), np.zeros(4), steps=1)
     with pytest.raises(ValueError, match="folds"):
         metrics.high_frequency_test(x[:3], y[:3], jax.random.key(0))
-
-
-def test_inception_fid_explains_a_missing_file_or_torch(tmp_path):
-    x = np.zeros((2, 8, 8, 1), np.float32)
-    with pytest.raises(FileNotFoundError, match="weights_path"):
-        metrics.inception_fid(x, x, tmp_path / "missing.pt")
-    fake = tmp_path / "inception.pt"
-    fake.write_bytes(b"not a model")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="PyTorch"):
-            metrics.inception_fid(x, x, fake)
