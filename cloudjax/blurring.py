@@ -28,6 +28,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, stratified_times
 from cloudjax.noise import WhiteNoise
+from cloudjax.process import check_output, check_times
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real, wavenumbers
 
@@ -89,7 +90,8 @@ class BlurringDiffusion:
         return self.alpha_sigma(t)[0][..., None, None, None] * d
 
     def q_sample(self, key: jax.Array, x0: jnp.ndarray, t: jnp.ndarray, noise=None) -> jnp.ndarray:
-        """``x_t = Πᵀ(A_t Π x0) + σ_t ε`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar)."""
+        """``x_t = Πᵀ(A_t Π x0) + σ_t ε`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar) in [0, 1]."""
+        check_times(t)
         x0 = jnp.asarray(x0, jnp.float32)
         if noise is None:
             noise = self.noise.sample(key, x0.shape)
@@ -106,7 +108,8 @@ class BlurringDiffusion:
         t = stratified_times(key_t, x0.shape[0])
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
-        return jnp.mean(g.time_weight(t) * g.squared_error(apply_fn(x_t, t).astype(jnp.float32) - x0))
+        out = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn")
+        return jnp.mean(g.time_weight(t) * g.squared_error(out - x0))
 
     # -- the sampler's interface (cloudjax.process.ForwardProcess; samplers "ddim" and "ddpm") ---------------
 

@@ -473,6 +473,7 @@ def write_stats_report(
       e.g. of white data, has no cloud noise), the Mahalanobis table (cloudjax's units, see the module
       docstring) and the full :class:`DatasetStats` under ``"dataset"``.
     """
+    from cloudjax._files import atomic_write
     from cloudjax.plots import plot_noise_sheet, plot_power_law_fit
 
     if isinstance(images, (np.ndarray, jax.Array)):
@@ -515,7 +516,7 @@ def write_stats_report(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(report, indent=1))
+    atomic_write(out / "stats.json", json.dumps(report, indent=1))
     plot_power_law_fit(fit, out / "fit.png")
     deltas = {"white": 0.0, "pink": 1.0, f"cloud (Δ={noise_delta:.2f})": noise_delta, "red": 2.0}
     plot_noise_sheet(key_sheet, max(H, W), deltas=deltas, path=out / "noise.png")
