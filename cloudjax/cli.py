@@ -7,6 +7,7 @@ Each subcommand is a ``_cmd_<name>(args)`` function registered in :func:`build_p
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -429,10 +430,28 @@ def _terminate(signum, frame):
     raise _Terminated
 
 
+@functools.cache  # once per process
+def _quiet_checkpoint_library() -> None:
+    """Orbax reports a failed save or read with tracebacks from its threads (absl ERROR records, and "Event loop is
+    closed" from the callbacks of its pending reads and writes, through ``sys.unraisablehook``). cloudjax reports those
+    failures itself in one line (the error of ``train``, a checkpoint skipped or read again), so they are dropped."""
+    import logging
+
+    logging.getLogger("absl").addFilter(lambda r: r.levelno < logging.ERROR or "orbax" not in r.pathname)
+    hook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    _quiet_checkpoint_library()
     parser = build_parser()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # `train` takes it over to save

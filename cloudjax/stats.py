@@ -272,6 +272,10 @@ def fit_power_law_spectrum(variance, method: str = "pixel", mask_cross: int | No
         used = counts > 0
         log_k = np.log(np.bincount(bins, k[mask])[used] / counts[used])
         log_g = np.log(np.bincount(bins, gamma[mask])[used] / counts[used])
+    if not np.any(gamma[k > 0] > 0):
+        raise ValueError(
+            "the images do not vary (every Fourier mode but the mean has zero variance): no spectrum to fit"
+        )
     if log_k.size < 3:
         raise ValueError(f"mask_cross={mask_cross} leaves {log_k.size} points to fit on a {H}x{W} grid; need 3")
     slope, intercept = np.polyfit(log_k, log_g, 1)
