@@ -14,7 +14,6 @@ import importlib
 import io
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -410,20 +409,13 @@ def test_two_white_96_px_images_are_27_3_apart_in_the_authors_units():
 # 14: the second round of abuse
 def _cli(*argv, file_limit=None, **kw):
     """``cloudjax ARGV`` in a fresh process: ``subprocess.Popen`` (text output); ``file_limit``: the largest file it
-    may write (RLIMIT_FSIZE, SIGXFSZ ignored: a write beyond it fails like one on a full disk)."""
+    may write in bytes (``ulimit -f``, SIGXFSZ ignored: a write beyond it fails like one on a full disk)."""
+    cmd = [sys.executable, "-m", "cloudjax.cli", *map(str, argv)]
     env = dict(os.environ)
     if file_limit is not None:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)  # its entries would hit the limit too
-
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-
-    cmd = [sys.executable, "-m", "cloudjax.cli", *map(str, argv)]
-    pre = limit if file_limit is not None else None
-    return subprocess.Popen(
-        cmd, env=env, preexec_fn=pre, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
+        cmd = ["sh", "-c", 'ulimit -f "$0" && trap "" XFSZ && exec "$@"', str(file_limit // 512), *cmd]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def _finish(proc, timeout=300):
