@@ -45,6 +45,7 @@ from flax import struct
 from cloudjax import registry
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, _per_example, stratified_times
 from cloudjax.noise import WhiteNoise
+from cloudjax.process import check_output, check_times
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import dct2, idct2, irfft_real, rfft_real, wavenumbers
 
@@ -142,7 +143,8 @@ class BlurringDiffusion:
         return self.alpha_sigma(t)[0][..., None, None, None] * d
 
     def mean(self, x0: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
-        """``E[x_t | x0] = α_t D_t x0 = Vᵀ(A_t V x0)`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar)."""
+        """``E[x_t | x0] = α_t D_t x0 = Vᵀ(A_t V x0)`` for x0 ``(B, H, W, C)``, t ``(B,)`` (or a scalar) in [0, 1]."""
+        check_times(t)
         x0 = jnp.asarray(x0, jnp.float32)
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x0.shape[:1])
         return self.from_modes(self.gain(t, *x0.shape[1:3]) * self.to_modes(x0))
@@ -165,7 +167,8 @@ class BlurringDiffusion:
         t = stratified_times(key_t, x0.shape[0])
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
-        return jnp.mean(g.time_weight(t) * g.squared_error(apply_fn(x_t, t).astype(jnp.float32) - x0))
+        out = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn")
+        return jnp.mean(g.time_weight(t) * g.squared_error(out - x0))
 
     # -- the sampler's interface (cloudjax.process.ForwardProcess; samplers "ddim" and "ddpm") ---------------
 

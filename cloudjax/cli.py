@@ -7,6 +7,7 @@ Each subcommand is a ``_cmd_<name>(args)`` function registered in :func:`build_p
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -31,6 +32,17 @@ def _seed(text: str) -> int:
     if not 0 <= seed < 2**63:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text}")
     return seed
+
+
+def _start_time(text: str) -> float:
+    """argparse type of ``--t-start``: a number in (0, 1]."""
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 < t <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
+    return t
 
 
 def _writable_folder(path, flag: str) -> None:
@@ -103,8 +115,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         raise UsageError(f"stats needs at least 2 images, the data has {total}")
     starts = range(0, total, args.batch_size)
     batches = (source.get(np.arange(i, min(i + args.batch_size, total))) for i in starts)
-    with Progress(total, "stats") as bar:
-        report = write_stats_report(batches, args.out, seed=args.seed, progress=bar)
+    try:
+        with Progress(total, "stats") as bar:
+            report = write_stats_report(batches, args.out, seed=args.seed, progress=bar)
+    except ValueError as e:  # e.g. constant images: no spectrum to fit
+        raise UsageError(f"cannot measure the data's statistics: {e}") from None
     d = report["mahalanobis"]
     print(
         f"Δ = {report['delta']:.3f}  A = {report['amplitude']:.4g}  r = {report['r_value']:.3f}  "
@@ -129,7 +144,7 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """Train or resume the run in --workdir up to --steps; exit 1 on divergence, 143 after SIGTERM."""
-    from cloudjax._files import WorkdirBusy
+    from cloudjax._files import WorkdirLockError
     from cloudjax.train import TrainingDiverged, check_workdir, initialize_distributed, train
 
     config = _train_config(args)
@@ -144,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, WorkdirBusy) as e:  # a different run or data, a damaged run.json, a busy workdir, ...
+    except (ValueError, WorkdirLockError) as e:  # a different run or data, a damaged run.json, a busy workdir, ...
         raise UsageError(str(e)) from None
     except OSError as e:  # a full disk, a lost mount
         print(f"error: {e.filename or args.workdir}: {e.strerror or e}", file=sys.stderr)
@@ -155,29 +170,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _write_npz(path, batches, shape: tuple[int, ...], info: dict) -> None:
     """An .npz (``np.load``-able) with ``images`` of ``shape`` float32 streamed from ``batches`` (memory: one
-    batch) and the scalars ``info``, written to a temporary file and renamed into place when complete."""
-    import os
-    import tempfile
+    batch) and the scalars ``info``, written whole (:func:`cloudjax._files.atomic_output`)."""
     import zipfile
 
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            with z.open("images.npy", "w", force_zip64=True) as f:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
-                np.lib.format.write_array_header_2_0(f, {**header, "shape": shape})
-                for batch in batches:
-                    f.write(np.ascontiguousarray(batch, "<f4").tobytes())
-            for name, value in info.items():
-                with z.open(f"{name}.npy", "w") as f:
-                    np.lib.format.write_array(f, np.asarray(value))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from cloudjax._files import atomic_output
+
+    with atomic_output(path) as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        with z.open("images.npy", "w", force_zip64=True) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
+            np.lib.format.write_array_header_2_0(f, {**header, "shape": shape})
+            for batch in batches:
+                f.write(np.ascontiguousarray(batch, "<f4").tobytes())
+        for name, value in info.items():
+            with z.open(f"{name}.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(value))
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -211,6 +219,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError("--restore and --data apply to cold runs")
     stem.parent.mkdir(parents=True, exist_ok=True)
     c = run.config
+    t_start = 1.0 if args.t_start is None else args.t_start
     batch = min(args.batch_size, args.num)
     grid = []
 
@@ -218,7 +227,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         for i, start in enumerate(range(0, args.num, batch)):
             key = jax.random.fold_in(jax.random.key(args.seed), i)
             try:
-                x = generate(run, graphdef, state.ema, key, batch, args.steps, args.method, t_start=args.t_start)
+                x = generate(run, graphdef, state.ema, key, batch, args.steps, args.method, t_start=t_start)
             except ValueError as e:
                 raise UsageError(str(e)) from None
             x = x[: args.num - start]
@@ -229,7 +238,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     process = run.diffusion
     method = args.method or registry.samplers_for(process.kind)[0]
     steps = args.steps or getattr(process, "steps", 50)
-    info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=args.t_start)
+    info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=t_start)
     _write_npz(stem.with_suffix(".npz"), batches(), (args.num, c.image_size, c.image_size, c.channels), info)
     save_image_grid(np.concatenate(grid), stem.with_suffix(".png"))
     print(f"{args.num} samples of step {info['step']} → {stem}.png, {stem}.npz")
@@ -246,6 +255,7 @@ def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
 
     import numpy as np
 
+    from cloudjax._files import atomic_output
     from cloudjax.data import open_source
     from cloudjax.plots import save_image_grid
     from cloudjax.train import RESTORATIONS, restore
@@ -253,13 +263,21 @@ def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
     c = run.config
     if args.method is not None:
         raise UsageError("--method does not apply to restorations (they show direct, Algorithm 1 and Algorithm 2)")
+    if args.t_start is not None:
+        raise UsageError("--t-start does not apply to restorations (they restore D(x, T), the most degraded images)")
     try:
         source = open_source(args.data or c.data, c.image_size, c.channels, c.data_dir, c.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     num = min(args.num, source.num_examples)
     idx = np.sort(np.random.default_rng(args.seed).permutation(source.num_examples)[:num])
-    out = restore(run, graphdef, state.ema, source.get(idx), args.steps)
+    T = run.diffusion.steps
+    if args.steps is not None and args.steps > T:
+        raise UsageError(f"--steps must be in 1 … {T} for this run's restorations (T = {T}), got {args.steps}")
+    try:
+        out = restore(run, graphdef, state.ema, source.get(idx), args.steps)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     stem = Path(args.out).with_suffix("") if Path(args.out).suffix in (".png", ".npz") else Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(
@@ -267,7 +285,8 @@ def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
         stem.with_suffix(".png"),
         ncols=len(RESTORATIONS),
     )
-    np.savez(stem.with_suffix(".npz"), step=int(state.step), seed=args.seed, **out)
+    with atomic_output(stem.with_suffix(".npz")) as f:
+        np.savez(f, step=int(state.step), seed=args.seed, **out)
     print(f"{num} images restored by step {int(state.step)} ({' | '.join(RESTORATIONS)}) → {stem}.png, {stem}.npz")
     return 0
 
@@ -514,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
         "not generate): OUT.png rows degraded | direct | Algorithm 1 | Algorithm 2 | original",
     )
     p.add_argument("--data", default=None, help="images to restore (default: the run's data; pass held-out data)")
-    p.add_argument("--t-start", type=float, default=1.0, help="start time in (0, 1] (the author used 0.95 for cloud)")
+    p.add_argument(
+        "--t-start", type=_start_time, default=None, help="start time in (0, 1], default 1 (the author: 0.95 for cloud)"
+    )
     p.add_argument("--checkpoint", type=int, default=None, help="checkpoint step (default: the newest that verifies)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch (memory does not grow with --num)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (same seed and batch size, same samples)")
@@ -550,8 +571,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread: the command unwinds as after Ctrl-C (its temporary files removed)."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+@functools.cache  # once per process
+def _quiet_checkpoint_library() -> None:
+    """Orbax reports a failed save or read with tracebacks from its threads (absl ERROR records, and "Event loop is
+    closed" from the callbacks of its pending reads and writes, through ``sys.unraisablehook``). cloudjax reports those
+    failures itself in one line (the error of ``train``, a checkpoint skipped or read again), so they are dropped."""
+    import logging
+
+    logging.getLogger("absl").addFilter(lambda r: r.levelno < logging.ERROR or "orbax" not in r.pathname)
+    hook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    _quiet_checkpoint_library()
     parser = build_parser()
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # `train` takes it over to save
     try:
         args = parser.parse_args(argv)
         _compile_cache(args.no_compile_cache)
@@ -562,9 +614,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+    except OSError as e:  # a full disk, a lost mount: what the system said, about which file
+        print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory (a smaller --batch-size, --num or data set fits)", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

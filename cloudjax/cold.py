@@ -34,6 +34,7 @@ from jax.tree_util import Partial
 
 from cloudjax import registry
 from cloudjax.diffusion import error_norm
+from cloudjax.process import check_output
 
 __all__ = ["ColdDiffusion", "MeanPrior", "fit_gmm"]
 
@@ -104,6 +105,8 @@ class MeanPrior:
         images = np.asarray(images, np.float32)
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+        if not np.isfinite(images).all():
+            raise ValueError(f"images must be finite, got {np.sum(~np.isfinite(images))} NaN or inf values")
         weights, means, covs = fit_gmm(images.mean(axis=(1, 2)), components, seed=seed)
         nested = lambda a: tuple(map(nested, a)) if np.ndim(a) else float(a)
         return cls(nested(weights), nested(means), nested(np.linalg.cholesky(covs)), float(noise))
@@ -173,7 +176,8 @@ class ColdDiffusion:
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
         t = jax.random.randint(key, x0.shape[:1], 1, self.steps + 1)
-        out = apply_fn(self.degrade(x0, t), t.astype(jnp.float32) / self.steps).astype(jnp.float32)
+        x_t = self.degrade(x0, t)
+        out = check_output(apply_fn(x_t, t.astype(jnp.float32) / self.steps), x_t.shape, "apply_fn")
         return jnp.mean(error_norm(self.loss_weighting, out - x0))
 
     # The sampler's side of the ForwardProcess interface (see cloudjax.process).

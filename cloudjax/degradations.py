@@ -44,8 +44,9 @@ def _as_stds(stds, name: str = "stds") -> tuple[float, ...]:
     stds = tuple(float(s) for s in np.ravel(np.asarray(stds, np.float64)))
     if not stds:
         raise ValueError(f"{name} must hold at least one std (one per step), got none")
-    if not all(np.isfinite(s) and s > 0 for s in stds):
-        raise ValueError(f"{name} must be finite and > 0, got {stds}")
+    bad = next((i for i, s in enumerate(stds) if not (np.isfinite(s) and s > 0)), None)
+    if bad is not None:
+        raise ValueError(f"{name} must be finite and > 0, got {stds[bad]} at step {bad} (of {len(stds)})")
     return stds
 
 
@@ -239,7 +240,10 @@ class GaussianMask:
         """σ_i = std·(i + initial) for i = 0 … steps − 1; the defaults are the anchor's MNIST/CIFAR setting
         (its CelebA-128 one is 100 steps, std 0.2, initial 1)."""
         _check_steps(steps)
-        return cls(_as_stds(std * (np.arange(steps) + initial), "std and initial"))
+        for name, value in (("std", std), ("initial", initial)):
+            if not (np.isfinite(value) and value > 0):  # σ_0 = std·initial
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        return cls(_as_stds(std * (np.arange(steps) + initial)))
 
     def at_random(self, key: jax.Array, shape) -> GaussianMask:
         """This mask with one uniformly random centre per image for images of ``shape`` ``(..., H, W, C)``."""

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils.epath import Path
 
+from cloudjax._files import atomic_write
 from cloudjax.train import TrainConfig, generate, load_run, train
 
 __all__ = ["run_demo"]
@@ -81,8 +82,8 @@ def run_demo(out: str | Path, steps: int = 20_000, minutes: float = 7.0, quick: 
         }
     summary["data_mean"], summary["data_std"] = float(data.mean()), float(data.std())
     plot_sample_comparison(samples, out / "samples.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out / "summary.md").write_text(_demo_markdown(summary, sample_steps))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(out / "summary.md", _demo_markdown(summary, sample_steps))
     return summary
 
 

@@ -39,6 +39,7 @@ from flax import struct
 
 from cloudjax import registry
 from cloudjax.noise import WhiteNoise
+from cloudjax.process import check_output, check_times
 from cloudjax.schedules import get_schedule, time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
@@ -77,26 +78,6 @@ def from_x0_eps(prediction: str, x0: jnp.ndarray, eps: jnp.ndarray, alpha, sigma
     """The ``prediction`` (ε, x0 or v = α ε − σ x0) for given x0 and ε."""
     _check_prediction(prediction)
     return {"eps": lambda: eps, "x0": lambda: x0, "v": lambda: alpha * eps - sigma * x0}[prediction]()
-
-
-def check_output(out, shape, name: str = "denoise_fn"):
-    """The network output ``out`` as float32 after checking, at trace time, that it is a real array of ``shape``
-    (a wrong shape would otherwise broadcast or truncate silently); ``ValueError`` naming ``name``."""
-    if jnp.shape(out) != tuple(shape):
-        raise ValueError(f"{name} must return an array of shape {tuple(shape)} (x_t's), got {jnp.shape(out)}")
-    if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
-        raise ValueError(f"{name} must return real floating-point values, got dtype {jnp.result_type(out)}")
-    return jnp.asarray(out).astype(jnp.float32)
-
-
-def _check_t(t) -> None:
-    """``ValueError`` if a concrete t (not traced under jit) leaves [0, 1]."""
-    try:
-        t = np.asarray(t)
-    except jax.errors.TracerArrayConversionError:
-        return
-    if not np.all((t >= 0) & (t <= 1)):
-        raise ValueError(f"t must be in [0, 1], got {t}")
 
 
 def stratified_times(key: jax.Array, batch: int) -> jnp.ndarray:
@@ -174,7 +155,7 @@ class GaussianDiffusion:
     def mean(self, x0: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         """``E[x_t | x0] = α_t x0`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar) in [0, 1]."""
         x0 = jnp.asarray(x0)
-        _check_t(t)
+        check_times(t)
         return self.alpha_sigma(_per_example(t, x0.ndim))[0] * x0
 
     def to_x0_eps(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-__all__ = ["new_figure", "plot_power_law_fit", "plot_noise_sheet"]
+__all__ = ["new_figure", "save_figure", "plot_power_law_fit", "plot_noise_sheet"]
 
 
 def new_figure(**kwargs):
@@ -15,6 +15,15 @@ def new_figure(**kwargs):
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` whole (:func:`cloudjax._files.atomic_output`), in the format its suffix names."""
+    from cloudjax._files import atomic_output
+
+    with atomic_output(path) as f:
+        fig.savefig(f, dpi=100, format=Path(path).suffix[1:] or "png")
+    return Path(path)
 
 
 def plot_power_law_fit(fit, path: str | Path) -> Path:
@@ -45,8 +54,7 @@ def plot_power_law_fit(fit, path: str | Path) -> Path:
             ax.set_title("linear")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_noise_sheet(
@@ -75,8 +83,7 @@ def plot_noise_sheet(
             ax.set_axis_off()
         axes[0, col].set_title(name, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -108,10 +115,12 @@ def save_image_grid(images, path: str | Path, ncols: int | None = None, scale: i
     from etils import epath  # the run folder may be a bucket
     from PIL import Image
 
+    from cloudjax._files import atomic_output
+
     grid = image_grid(images, ncols).repeat(scale, axis=0).repeat(scale, axis=1)
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
+    with atomic_output(path) as f:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
     return path
 
@@ -126,5 +135,4 @@ def plot_sample_comparison(named_images: dict, path: str | Path, ncols: int | No
         ax.set_title(name, fontsize=10)
         ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_figure(fig, path)

@@ -44,9 +44,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NoiseModel", "Schedule", "ForwardProcess", "loss_branch"]
+__all__ = ["NoiseModel", "Schedule", "ForwardProcess", "loss_branch", "check_output", "check_times"]
 
 
 @runtime_checkable
@@ -121,3 +122,24 @@ def loss_branch(weights: np.ndarray, key: jax.Array) -> int:
     bits = jax.random.key_data(key)
     bits = np.asarray(bits.addressable_data(0) if isinstance(bits, jax.Array) else bits).ravel()
     return int(np.random.default_rng(bits.astype(np.uint64)).choice(len(weights), p=weights))
+
+
+def check_output(out, shape, name: str = "denoise_fn") -> jax.Array:
+    """The network output ``out`` as float32 after checking, at trace time, that it is a real floating-point array
+    of ``shape`` (a wrong shape would broadcast or truncate silently); ``ValueError`` naming ``name``. Every
+    process's ``loss`` (``name="apply_fn"``) and the sampler loop check the network's output with it."""
+    if jnp.shape(out) != tuple(shape):
+        raise ValueError(f"{name} must return an array of shape {tuple(shape)} (x_t's), got {jnp.shape(out)}")
+    if not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+        raise ValueError(f"{name} must return real floating-point values, got dtype {jnp.result_type(out)}")
+    return jnp.asarray(out).astype(jnp.float32)
+
+
+def check_times(t) -> None:
+    """``ValueError`` if a concrete t (not traced under jit) leaves [0, 1] (or is NaN)."""
+    try:
+        t = np.asarray(t)
+    except jax.errors.TracerArrayConversionError:
+        return
+    if not np.all((t >= 0) & (t <= 1)):
+        raise ValueError(f"t must be in [0, 1], got {t}")

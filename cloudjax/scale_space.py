@@ -57,6 +57,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import WhiteNoise
+from cloudjax.process import check_output, check_times
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
@@ -290,7 +291,8 @@ class ScaleSpaceDiffusion:
 
     def mean(self, x0: jnp.ndarray, t: jnp.ndarray, level: int | None = None) -> jnp.ndarray:
         """``E[x_t | x0] = α_t M_{1:ℓ} x0`` at resolution r(t), level ℓ = ``level`` (default ℓ(t); t must be
-        concrete then and of one level), for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar)."""
+        concrete then and of one level), for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar) in [0, 1]."""
+        check_times(t)
         x0 = jnp.asarray(x0, jnp.float32)
         if level is None:
             levels = np.unique(self.level(np.asarray(t)))
@@ -332,9 +334,9 @@ class ScaleSpaceDiffusion:
         eps = self.noise.sample(eps_key, clean.shape)
         x_t = self.q_sample(None, x0, t, noise=eps, level=level)
         target = degrade(x0, level - 1, self.resize) if upsample else clean
-        out = apply_fn(x_t, t, upsample=True) if upsample else apply_fn(x_t, t)
+        out = check_output(apply_fn(x_t, t, upsample=True) if upsample else apply_fn(x_t, t), target.shape, "apply_fn")
         g = self.gaussian
-        return jnp.mean(g.time_weight(t) * g.squared_error(out.astype(jnp.float32) - target))
+        return jnp.mean(g.time_weight(t) * g.squared_error(out - target))
 
     def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, branch: int | None = None) -> jnp.ndarray:
         """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the anchor's batches).
@@ -381,6 +383,8 @@ class ScaleSpaceDiffusion:
     def prior(self, key: jax.Array, shape, at_start, init: jnp.ndarray | None = None) -> jnp.ndarray:
         """``σ_start ε`` at the coarsest resolution, ε = ``init`` or a noise-model draw (the data part α M x0 has
         mean 0 for normalised data and is dropped, as for GaussianDiffusion)."""
+        if tuple(shape[1:3]) != self.image_size:
+            raise ValueError(f"shape {tuple(shape)} does not match the process's image size {self.image_size}")
         coarse = self.state_shape(shape, 0)
         if init is None:
             return at_start[1] * self.noise.sample(key, coarse)

@@ -272,6 +272,10 @@ def fit_power_law_spectrum(variance, method: str = "pixel", mask_cross: int | No
         used = counts > 0
         log_k = np.log(np.bincount(bins, k[mask])[used] / counts[used])
         log_g = np.log(np.bincount(bins, gamma[mask])[used] / counts[used])
+    if not np.any(gamma[k > 0] > 0):
+        raise ValueError(
+            "the images do not vary (every Fourier mode but the mean has zero variance): no spectrum to fit"
+        )
     if log_k.size < 3:
         raise ValueError(f"mask_cross={mask_cross} leaves {log_k.size} points to fit on a {H}x{W} grid; need 3")
     slope, intercept = np.polyfit(log_k, log_g, 1)
@@ -473,6 +477,7 @@ def write_stats_report(
       e.g. of white data, has no cloud noise), the Mahalanobis table (cloudjax's units, see the module
       docstring) and the full :class:`DatasetStats` under ``"dataset"``.
     """
+    from cloudjax._files import atomic_write
     from cloudjax.plots import plot_noise_sheet, plot_power_law_fit
 
     if isinstance(images, (np.ndarray, jax.Array)):
@@ -515,7 +520,7 @@ def write_stats_report(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").write_text(json.dumps(report, indent=1))
+    atomic_write(out / "stats.json", json.dumps(report, indent=1))
     plot_power_law_fit(fit, out / "fit.png")
     deltas = {"white": 0.0, "pink": 1.0, f"cloud (Δ={noise_delta:.2f})": noise_delta, "red": 2.0}
     plot_noise_sheet(key_sheet, max(H, W), deltas=deltas, path=out / "noise.png")

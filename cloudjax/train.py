@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import signal
 import sys
@@ -80,6 +81,23 @@ __all__ = [
 _RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep", "sample_every", "log_every")
 # The blur of blurring runs whose run.json predates these fields (periodic, σ_B = 20 sin(πt/2) px).
 _OLDER_BLURRING = dict(blur_sigma_max=20.0, blur_basis="fourier", blur_schedule="sin")
+# The largest cold T: a degradation works on (batch, T, H, W) arrays (the mask) or T + 1 transfer tables (the
+# blur), so T = 1,000 keeps a batch of 64 at 32 px under 300 MB; the Cold Diffusion paper's largest T is 300.
+MAX_DEGRADATION_STEPS = 1000
+# The values older versions stored for settings that did not apply to their run (a Gaussian run's
+# degradation "blur", ...): dropped when their run.json is read, so those runs keep loading (see ``Run.from_json``).
+_FORMER_DEFAULTS = dict(
+    noise="white",
+    schedule="cosine",
+    prediction="eps",
+    degradation="blur",
+    blur_routine="constant",
+    blur_padding="circular",
+    mask_initial=11.0,
+    generation=False,
+    gmm_components=1,
+)
+_TYPES = {"int": numbers.Integral, "float": numbers.Real, "str": str, "bool": bool}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,22 +114,27 @@ class TrainConfig:
     ``run.json``, so extending a run with a larger ``steps`` continues at the final lr (the lr is a function of
     the step alone) and ``--steps 10`` then ``--steps 20`` equals one run of 20 steps with ``decay_steps=10``.
     weight_decay: AdamW's; clip_norm: global gradient-norm clip; ema_decay: d of the EMA.
-    noise: "white" or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine",
+    noise: "white" (default) or "cloud"; delta: cloud Δ (None: fitted on the data). schedule: "cosine" (default),
     "offset_cosine", "linear" or "calibrated" (cosine with the SNR ratio measured on the data, see
     :func:`cloudjax.calibrated_schedule`); prediction, loss_weighting: see :class:`cloudjax.GaussianDiffusion`
-    (None: "eps" and "pixel"; for cold, "x0" and "l1").
+    (None: "eps" and "pixel"; processes other than "gaussian" predict "x0"; cold's loss is "l1" or "l2").
     process: "gaussian" (noise, schedule, …) or "cold" (:class:`cloudjax.ColdDiffusion` over ``degradation``:
-    "blur", "mask", "downsample" or "decolor", with T = ``degradation_steps``). Cold settings left None take the
+    "blur" (default), "mask", "downsample" or "decolor", with T = ``degradation_steps`` <= 1,000). Cold settings
+    left None take the
     anchor's MNIST/CIFAR values scaled to ``image_size`` (:func:`_cold_defaults`): blur T = 20 steps of a
-    constant σ = 7·S/28 px Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` / ``blur_padding`` as given; mask
-    T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32; downsample T = log2(S/4); decolor T = 20.
-    generation: blur only; the last step goes to the per-channel mean and a ``gmm_components`` Gaussian mixture
-    of the data's means is stored for sampling new images.
+    constant σ = 7·S/28 px Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` "constant", ``blur_padding``
+    "circular"; mask T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32, mask_initial 11;
+    downsample T = log2(S/4); decolor T = 20. generation: blur only (default False); the last step goes to the
+    per-channel mean and a ``gmm_components`` (default 1) Gaussian mixture of the data's means is stored for
+    sampling new images.
     process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
     on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
-    x0 (``prediction`` is ignored) and take loss_weighting "pixel" as the anchor's "min_snr".
+    x0 and take loss_weighting "pixel" as the anchor's "min_snr".
     blur_sigma_max, blur_basis, blur_schedule: "blurring" only (see :class:`cloudjax.BlurringDiffusion`); None:
     20·S/32 px (the paper's 20 at 32 px), "dct" for white noise and "fourier" for cloud, "sin2".
+    Settings left None that apply to the run are filled with their defaults when the config is made (and so
+    stored in run.json); a setting given where it does not apply (``blur_std`` on a mask or Gaussian run,
+    ``delta`` with white noise, ``levels`` outside scale space, ...) is refused.
     checkpoint_every, keep: checkpoint interval and how many to keep. sample_every: EMA sample grid
     interval (0: never). log_every: metrics interval. normalizer_examples: images measured for the
     normaliser and the Δ fit. seed: parameters, data order, noise.
@@ -136,22 +159,22 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     ema_decay: float = 0.999
-    noise: str = "white"
+    noise: str | None = None
     delta: float | None = None
-    schedule: str = "cosine"
+    schedule: str | None = None
     prediction: str | None = None
     loss_weighting: str | None = None
     process: str = "gaussian"
-    degradation: str = "blur"
+    degradation: str | None = None
     degradation_steps: int | None = None
-    blur_routine: str = "constant"
+    blur_routine: str | None = None
     blur_std: float | None = None
     blur_kernel: int | None = None
-    blur_padding: str = "circular"
+    blur_padding: str | None = None
     mask_std: float | None = None
-    mask_initial: float = 11.0
-    generation: bool = False
-    gmm_components: int = 1
+    mask_initial: float | None = None
+    generation: bool | None = None
+    gmm_components: int | None = None
     levels: int | None = None
     blur_sigma_max: float | None = None
     blur_basis: str | None = None
@@ -164,16 +187,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # run.json may hold anything: each field is checked like its flag
+            value, (kind, _, optional) = getattr(self, f.name), f.type.partition(" | ")
+            if value is None and optional:
+                continue
+            if not isinstance(value, _TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
+                raise ValueError(f"{f.name} must be of type {f.type}, got {value!r}")
         positive = ("image_size", "channels", "batch_size", "grad_accum", "steps", "checkpoint_every", "keep")
         for name in positive + ("log_every", "normalizer_examples"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"grad_accum={self.grad_accum} must divide batch_size={self.batch_size}")
-        registry.check("noise", self.noise, registry.NOISES)
-        if self.delta is not None and not (math.isfinite(self.delta) and self.delta >= 0):
-            raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
-        registry.check("schedule", self.schedule, registry.SCHEDULES)
         if self.decay not in ("cosine", "linear", "constant"):
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
         if not (self.lr > 0 and 0 <= self.final_lr_ratio <= 1 and 0 <= self.ema_decay < 1 and self.clip_norm > 0):
@@ -190,25 +215,10 @@ class TrainConfig:
             raise ValueError(f"decay_steps must be a positive integer or None, got {self.decay_steps}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
-        self._check_process()
-        if self.levels is not None and self.process != "scale_space":
-            raise ValueError("levels applies to --process scale_space only")
-        if self.process == "scale_space":
-            depth = len(self.unet_config().channel_mults)
-            if not 1 <= self.num_levels <= depth:
-                raise ValueError(
-                    f"levels must be in 1 … {depth} (the {self.model} network's levels), got {self.levels}"
-                )
-            if self.image_size % 2 ** (self.num_levels - 1):
-                raise ValueError(f"levels={self.levels} needs an image size divisible by {2 ** (self.num_levels - 1)}")
         self.unet_config()  # validates model, dtype, dropout and the image size
         if self.image_size % self.unet_config().downsampling:
             raise ValueError(f"image_size must be divisible by {self.unet_config().downsampling} for {self.model}")
-
-    @property
-    def num_levels(self) -> int:
-        """Scale-space levels (default 4)."""
-        return 4 if self.levels is None else self.levels
+        self._check_process()
 
     def network(self, rngs: nnx.Rngs) -> nnx.Module:
         """The network: a UNet, or a Flexi-UNet for scale space."""
@@ -217,49 +227,118 @@ class TrainConfig:
         return UNet(self.unet_config(), rngs=rngs)
 
     def _check_process(self) -> None:
-        """Check the process's names and fill its None settings with their defaults (stored in run.json)."""
+        """Check the process's settings: fill those left None that apply to this run with their defaults (so
+        run.json stores them) and refuse those given that do not apply."""
         registry.check("process", self.process, registry.PROCESSES)
-        cold = self.process == "cold"
-        defaults = dict(prediction="x0" if cold else "eps", loss_weighting="l1" if cold else "pixel")
+        cold, gaussian, scale_space = (self.process == p for p in ("cold", "gaussian", "scale_space"))
+        if scale_space and self.levels is None and len(self.unet_config().channel_mults) < 4:
+            depth = len(self.unet_config().channel_mults)
+            raise ValueError(f"the default levels=4 does not fit the {self.model} network; pass --levels 1 … {depth}")
+        self._fill(
+            prediction="eps" if gaussian else "x0",
+            loss_weighting="l1" if cold else "pixel",
+            **(dict(degradation="blur") if cold else dict(noise="white", schedule="cosine")),
+            **(dict(levels=4) if scale_space else {}),
+        )
+        if self.process == "blurring":
+            white = self.noise == "white"
+            sigma_max = default_blur_sigma_max(self.image_size, self.image_size)
+            self._fill(blur_sigma_max=sigma_max, blur_basis="dct" if white else "fourier", blur_schedule="sin2")
         if cold:
             registry.check("degradation", self.degradation, registry.DEGRADATIONS)
+            self._fill(**_cold_defaults(self.degradation, self.image_size))
+            if self.degradation == "blur":
+                self._fill(blur_routine="constant", blur_padding="circular", generation=False)
+            if self.degradation == "mask":
+                self._fill(mask_initial=11.0)
+            if self.generation:
+                self._fill(gmm_components=1)
+        for name, applies in self._applicable().items():
+            if not applies and getattr(self, name) is not None:
+                raise ValueError(f"{name} does not apply to {self._kind()}")
+        registry.check("prediction", self.prediction, registry.PREDICTIONS if gaussian else ("x0",))
+        registry.check("loss_weighting", self.loss_weighting, registry.LOSSES[self.process])
+        if not cold:
+            registry.check("noise", self.noise, registry.NOISES)
+            registry.check("schedule", self.schedule, registry.SCHEDULES)
+            if self.delta is not None and not self.delta >= 0:
+                raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
+        if scale_space:
+            depth = len(self.unet_config().channel_mults)
+            if not 1 <= self.levels <= depth:
+                raise ValueError(
+                    f"levels must be in 1 … {depth} (the {self.model} network's levels), got {self.levels}"
+                )
+            if self.image_size % 2 ** (self.levels - 1):
+                raise ValueError(f"levels={self.levels} needs an image size divisible by {2 ** (self.levels - 1)}")
+        if cold:
+            self._check_cold()
+        if self.process == "blurring":
+            self._check_blurring()
+
+    def _check_cold(self) -> None:
+        """The cold settings, each named (before anything of size T is made)."""
+        T = self.degradation_steps
+        if not 1 <= T <= MAX_DEGRADATION_STEPS:
+            raise ValueError(f"degradation_steps must be in 1 … {MAX_DEGRADATION_STEPS}, got {T}")
+        positive = dict(blur_std=self.blur_std, blur_kernel=self.blur_kernel, mask_std=self.mask_std)
+        positive.update(mask_initial=self.mask_initial, gmm_components=self.gmm_components)
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.degradation == "blur":
             registry.check("blur_routine", self.blur_routine, registry.BLUR_ROUTINES)
-            defaults.update(_cold_defaults(self.degradation, self.image_size))
+        if self.degradation == "decolor" and self.channels == 1:
+            raise ValueError("degradation 'decolor' needs channels=3 (grey images have no colour to fade)")
+        if self.sample_every and not self.generation:
+            raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
+        self.cold_diffusion()  # validates the degradation's settings against the image size
+
+    def _fill(self, **defaults) -> None:
+        """Set the fields among ``defaults`` that are None."""
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        registry.check("prediction", self.prediction, ("x0",) if cold else registry.PREDICTIONS)
-        registry.check("loss_weighting", self.loss_weighting, registry.LOSSES[self.process])
-        if self.gmm_components < 1:
-            raise ValueError(f"gmm_components must be >= 1, got {self.gmm_components}")
-        if cold and self.generation and self.degradation != "blur":
-            raise ValueError(f"generation needs degradation 'blur' (to the mean), got {self.degradation!r}")
-        if cold and self.degradation == "decolor" and self.channels == 1:
-            raise ValueError("degradation 'decolor' needs channels=3 (grey images have no colour to fade)")
-        if cold and self.sample_every and not self.generation:
-            raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
-        if cold:
-            self.cold_diffusion()  # validates the degradation's settings against the image size
-        self._check_blurring()
 
     def _check_blurring(self) -> None:
-        """Fill the blurring settings left None with their defaults; they apply to process "blurring" only."""
-        names = ("blur_sigma_max", "blur_basis", "blur_schedule")
-        if self.process != "blurring":
-            if any(getattr(self, name) is not None for name in names):
-                raise ValueError("blur_sigma_max, blur_basis and blur_schedule apply to --process blurring only")
-            return
-        white = self.noise == "white"
-        defaults = (default_blur_sigma_max(self.image_size, self.image_size), "dct" if white else "fourier", "sin2")
-        for name, value in zip(names, defaults, strict=True):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
+        """The blurring settings (filled with their defaults by :meth:`_check_process`)."""
         registry.check("blur_basis", self.blur_basis, registry.BLUR_BASES)
         registry.check("blur_schedule", self.blur_schedule, registry.BLUR_SCHEDULES)
-        if self.blur_basis == "dct" and not white:
+        if self.blur_basis == "dct" and self.noise != "white":
             raise ValueError("blur_basis 'dct' needs white noise; cloud noise is diagonal in the Fourier basis only")
         if not self.blur_sigma_max >= 0:
             raise ValueError(f"blur_sigma_max must be >= 0, got {self.blur_sigma_max}")
+
+    def _applicable(self) -> dict[str, bool]:
+        """Each setting that applies to some runs only → whether it applies to this one."""
+        cold = self.process == "cold"
+        blur, mask = cold and self.degradation == "blur", cold and self.degradation == "mask"
+        return dict(
+            noise=not cold,
+            schedule=not cold,
+            delta=self.noise == "cloud",
+            levels=self.process == "scale_space",
+            blur_sigma_max=self.process == "blurring",
+            blur_basis=self.process == "blurring",
+            blur_schedule=self.process == "blurring",
+            degradation=cold,
+            degradation_steps=cold,
+            blur_routine=blur,
+            blur_std=blur,
+            blur_kernel=blur,
+            blur_padding=blur,
+            generation=blur,
+            gmm_components=blur and bool(self.generation),
+            mask_std=mask,
+            mask_initial=mask,
+        )
+
+    def _kind(self) -> str:
+        """The run's kind in words, for errors."""
+        if self.process != "cold":
+            return f"process {self.process!r} with noise {self.noise!r}"
+        without = " without generation" if self.degradation == "blur" and not self.generation else ""
+        return f"process 'cold' with degradation {self.degradation!r}{without}"
 
     def cold_diffusion(self, mean_prior=None):
         """The :class:`~cloudjax.ColdDiffusion` of a cold config (``mean_prior`` for generation)."""
@@ -488,7 +567,7 @@ class Run:
         )
         loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the anchor's loss
         if c.process == "scale_space":
-            return ScaleSpaceDiffusion(c.image_size, c.num_levels, self.noise, schedule, loss_weighting=loss)
+            return ScaleSpaceDiffusion(c.image_size, c.levels, self.noise, schedule, loss_weighting=loss)
         if c.process == "blurring":
             blur = dict(basis=c.blur_basis, blur_schedule=c.blur_schedule, loss_weighting=loss)
             return BlurringDiffusion(self.noise, schedule, c.blur_sigma_max, **blur)
@@ -505,17 +584,59 @@ class Run:
 
     @classmethod
     def from_json(cls, text: str) -> Run:
+        """The run of a run.json text, every value checked (:meth:`check`); ``ValueError`` or ``TypeError`` if
+        one is wrong. Settings that older versions stored where they did not apply are dropped
+        (``_FORMER_DEFAULTS``)."""
         d = json.loads(text)
         if d["config"].get("process") == "blurring":
             d["config"] = {**_OLDER_BLURRING, **d["config"]}
-        d["config"] = TrainConfig(**d["config"])
+        d["config"] = TrainConfig(**{k: v for k, v in d["config"].items() if _FORMER_DEFAULTS.get(k, ...) != v})
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         if d.get("channel_cov") is not None:
             d["channel_cov"] = tuple(tuple(row) for row in d["channel_cov"])
         if d.get("mean_prior") is not None:
             tuples = lambda v: tuple(map(tuples, v)) if isinstance(v, list) else v
             d["mean_prior"] = MeanPrior(**{k: tuples(v) for k, v in d["mean_prior"].items()})
-        return cls(**d)
+        return cls(**d).check()
+
+    def check(self) -> Run:
+        """This run if what it holds is what a run measures (a hand-edited run.json is refused like a bad flag):
+        ``ValueError`` naming the value otherwise."""
+        c, C = self.config, self.config.channels
+        finite = lambda *v: all(isinstance(x, numbers.Real) and math.isfinite(x) for x in v)
+        if not (len(self.mean) == len(self.std) == C and finite(*self.mean, *self.std) and min(self.std) > 0):
+            raise ValueError(f"mean and std must be {C} finite numbers each, std > 0, got {self.mean} and {self.std}")
+        cloud, calibrated = c.noise == "cloud", c.schedule == "calibrated"
+        if (self.delta is not None) != cloud or cloud and not (finite(self.delta) and self.delta >= 0):
+            raise ValueError(f"delta must be a finite number >= 0 for cloud noise (else null), got {self.delta}")
+        cov = np.asarray(self.channel_cov if self.channel_cov is not None else np.eye(C), np.float64)
+        if (self.channel_cov is not None) != (cloud and C > 1) or cov.shape != (C, C) or not np.isfinite(cov).all():
+            raise ValueError(
+                f"channel_cov must be a finite {C}×{C} matrix for colour cloud noise, got {self.channel_cov}"
+            )
+        if (
+            (self.snr_ratio is not None) != calibrated
+            or calibrated
+            and not (finite(self.snr_ratio) and self.snr_ratio > 0)
+        ):
+            raise ValueError(f"snr_ratio must be a finite number > 0 for the calibrated schedule, got {self.snr_ratio}")
+        if (self.mean_prior is not None) != bool(c.generation):
+            raise ValueError("mean_prior must be given for cold generation (and only then)")
+        if self.mean_prior is not None:
+            p = self.mean_prior
+            w, m, L = (np.asarray(a, np.float64) for a in (p.weights, p.means, p.chol))
+            K = len(w)
+            shapes = (w.shape, m.shape, L.shape) == ((K,), (K, C), (K, C, C))
+            if not (shapes and finite(*w, *m.ravel(), *L.ravel(), p.noise) and w.min() >= 0 and p.noise >= 0):
+                raise ValueError(
+                    "mean_prior must hold finite weights (K,) >= 0, means (K, C), chol (K, C, C) and noise"
+                )
+            if abs(w.sum() - 1) > 1e-4:
+                raise ValueError(f"mean_prior's weights must sum to 1, got {w.sum()}")
+        if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, str):
+            raise ValueError(f"data_fingerprint must be a string, got {self.data_fingerprint!r}")
+        _ = self.diffusion  # building the noise and the process checks the rest
+        return self
 
     @classmethod
     def read(cls, workdir: str | Path) -> Run | None:

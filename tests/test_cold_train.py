@@ -92,7 +92,10 @@ def test_sample_generates_and_restores(quick, tmp_path):
         (["--prediction", "eps"], "prediction must be one of ['x0']"),
         (["--loss-weighting", "mahalanobis"], "loss_weighting must be one of ['l1', 'l2']"),
         (["--degradation", "decolor"], "needs channels=3"),
-        (["--degradation", "mask", "--generation"], "generation needs degradation 'blur'"),
+        (
+            ["--degradation", "mask", "--generation"],
+            "generation does not apply to process 'cold' with degradation 'mask'",
+        ),
         (["--degradation", "downsample", "--degradation-steps", "4"], "halves 8 px"),
     ],
 )

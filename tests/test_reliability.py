@@ -1,12 +1,15 @@
-"""Runs and numbers that never lie (issue 11): verified checkpoints with fallback, the workdir lock, atomic run
-files, the lr horizon, bad data and bad outputs refused, one line for every user mistake, large Δ, streamed
-sampling, and the author's units of the Mahalanobis distance.
+"""Runs and numbers that never lie: verified checkpoints with fallback, the workdir lock (and a lock that cannot be
+taken), atomic output files, the lr horizon, bad data, bad outputs and hand-edited run files refused, flags that do
+not apply refused, one line for every user mistake and failure (a full disk, SIGTERM, a checkpoint deleted while it
+is read), large Δ, streamed sampling, and the author's units of the Mahalanobis distance.
 
 The training runs use test_train.py's CONFIG (tiny UNet, 8×8, batch 8), imported, so the jitted step is compiled
-once per worker; damaged copies of one trained run folder stand in for the failures.
+once per worker; damaged copies of one trained run folder stand in for the failures. What a process does when it
+is signalled or its disk fills (its exit status, its output) is checked on a `cloudjax` subprocess.
 """
 
 import dataclasses
+import errno
 import importlib
 import io
 import json
@@ -15,7 +18,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import tracemalloc
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +30,10 @@ from test_train import CONFIG  # the same run config: its step compiles once per
 
 import cloudjax as cj
 from cloudjax import cli
-from cloudjax._files import WorkdirBusy, atomic_write, workdir_lock
+from cloudjax._files import WorkdirBusy, WorkdirLockError, atomic_write, workdir_lock
 from cloudjax.data.sources import ArraySource, FolderSource
 from cloudjax.stats import mahalanobis_weight
-from cloudjax.train import TrainingDiverged, generate, load_run, train
+from cloudjax.train import MAX_DEGRADATION_STEPS, Run, TrainConfig, TrainingDiverged, generate, load_run, train
 
 train_module = importlib.import_module("cloudjax.train")  # `cloudjax.train` is also the function
 
@@ -399,3 +404,264 @@ def test_two_white_96_px_images_are_27_3_apart_in_the_authors_units():
     white = jax.random.normal(jax.random.key(0), (64, 96, 96, 1))
     measured = float(cj.mahalanobis_between(white, None, 1.5, units="author"))
     assert abs(measured - 27.33) / 27.33 < 0.01
+
+
+# 14: the second round of abuse
+def _cli(*argv, file_limit=None, **kw):
+    """``cloudjax ARGV`` in a fresh process: ``subprocess.Popen`` (text output); ``file_limit``: the largest file it
+    may write in bytes (``ulimit -f``, SIGXFSZ ignored: a write beyond it fails like one on a full disk)."""
+    cmd = [sys.executable, "-m", "cloudjax.cli", *map(str, argv)]
+    env = dict(os.environ)
+    if file_limit is not None:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # its entries would hit the limit too
+        cmd = ["sh", "-c", 'ulimit -f "$0" && trap "" XFSZ && exec "$@"', str(file_limit // 512), *cmd]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _one_line(err, expected=""):
+    assert err.count("\n") == 1 and err.startswith("error:") and expected in err, err
+    return err
+
+
+@pytest.mark.parametrize("lock", ["folder", "dangling link"])
+def test_a_lock_that_cannot_be_taken_stops_training_in_one_line(tmp_path, capsys, lock):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    if lock == "folder":
+        (workdir / ".lock").mkdir()
+    else:
+        (workdir / ".lock").symlink_to(tmp_path / "gone" / "lock")
+    assert cli.main([*TRAIN, "--workdir", str(workdir)]) == 2
+    _one_line(capsys.readouterr().err, f"cannot lock workdir {workdir}")
+    assert not (workdir / "run.json").exists()
+
+
+def test_a_file_system_without_locks_is_refused(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(WorkdirLockError, match="does not support locks"):
+        with workdir_lock(tmp_path):
+            pass
+
+
+@pytest.fixture(scope="module")
+def cold_run(tmp_path_factory):
+    """A cold blur run (T = 20, restorations only) trained one step through the CLI."""
+    workdir = tmp_path_factory.mktemp("cold") / "run"
+    assert cli.main([*TRAIN, "--process", "cold", "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+def test_restorations_are_written_whole(cold_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    argv = ["sample", "--workdir", str(cold_run), "--out", str(out), "--num", "2"]
+    assert cli.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"r.npz", "r.png"}
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli.main([*argv, "--seed", "1"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"error: {out}.png: No space left on device"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old files, no temporary ones
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["--steps", "100"], "--steps must be in 1 … 20"), (["--t-start", "0.5"], "--t-start does not apply")],
+)
+def test_restoration_mistakes_give_one_line(cold_run, tmp_path, capsys, flags, expected):
+    assert cli.main(["sample", "--workdir", str(cold_run), "--out", str(tmp_path / "r"), *flags]) == 2
+    _one_line(capsys.readouterr().err, expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_on_constant_images_gives_one_line(tmp_path, capsys):
+    np.savez(tmp_path / "const.npz", images=np.full((16, 8, 8), 0.5, np.float32))
+    argv = ["stats", "--data", f"npz:{tmp_path / 'const.npz'}", "--image-size", "8", "--out", str(tmp_path / "s")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()  # the progress bar, then the error
+    assert len(err) == 2 and err[-1].startswith("error: cannot measure the data's statistics: the images do not vary")
+
+
+@pytest.mark.parametrize("T", [MAX_DEGRADATION_STEPS + 1, 10**9])
+def test_the_degradation_steps_are_bounded_before_anything_of_size_t_is_made(T):
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=f"degradation_steps must be in 1 … {MAX_DEGRADATION_STEPS}, got {T}"):
+        TrainConfig(process="cold", degradation_steps=T)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
+def test_scale_space_levels_are_stored_when_the_run_is_made(tmp_path, capsys):
+    config = TrainConfig(process="scale_space", model="small", image_size=16)
+    assert config.levels == 4 and dataclasses.replace(config, levels=4) == config
+    (tmp_path / "run.json").write_text(Run(config, (0.5,), (0.2,)).to_json())
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["levels"] == 4
+    assert train_module.check_workdir(dataclasses.replace(config, levels=4), tmp_path) is not None  # the same run
+    # the default does not fit the tiny network: say so, and what to pass
+    assert cli.main([*TRAIN, "--process", "scale_space", "--workdir", str(tmp_path / "w")]) == 2
+    _one_line(capsys.readouterr().err, "the default levels=4 does not fit the tiny network; pass --levels 1 … 2")
+
+
+def test_a_full_disk_while_training_is_one_line(tmp_path):
+    # the checkpoint's files (> 100 kB) cannot be written; Orbax's threads fail with tracebacks of their own
+    proc = _cli(*TRAIN, "--steps", "2", "--checkpoint-every", "1", "--workdir", tmp_path / "w", file_limit=100_000)
+    code, _, err = _finish(proc)
+    assert code == 2 and "Traceback" not in err, err
+    _one_line(err, "File too large")
+    assert not any(p.name.isdigit() for p in (tmp_path / "w" / "checkpoints").iterdir())  # nothing half-written
+
+
+def test_a_checkpoint_deleted_while_sample_reads_it_is_read_again_quietly(trained, copy, tmp_path):
+    # `sample` while training runs with --keep 1: step 4 is deleted while its arrays are read, step 2 restores
+    code = f"""
+import shutil, sys, tensorstore
+real = tensorstore.open
+def racing(*args, **kwargs):
+    shutil.rmtree({str(copy / "checkpoints" / "4")!r}, ignore_errors=True)
+    return real(*args, **kwargs)
+tensorstore.open = racing
+from cloudjax.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    argv = ["sample", "--workdir", copy, "--out", tmp_path / "s", "--num", "2", "--steps", "1"]
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert np.load(tmp_path / "s.npz")["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"std": [float("nan")]},
+        {"std": [-0.2]},
+        {"std": [0.0]},
+        {"mean": [float("inf")]},
+        {"delta": -1.0},
+        {"delta": None},
+        {"mean": [0.1, 0.2]},
+        {"config": {"image_size": "8"}},
+        {"config": {"blur_std": 3.0}},
+        {"config": {"levels": 2}},
+    ],
+)
+def test_a_hand_edited_run_json_is_refused(copy, capsys, edit):
+    run = json.loads((copy / "run.json").read_text())
+    run = {**run, **edit, "config": {**run["config"], **edit.get("config", {})}}
+    (copy / "run.json").write_text(json.dumps(run))
+    assert cli.main(["sample", "--workdir", str(copy), "--out", str(copy / "s")]) == 2
+    _one_line(capsys.readouterr().err, "run.json is damaged")
+
+
+def test_run_json_of_older_versions_keeps_loading(copy):
+    # older versions stored the defaults of settings that did not apply to the run
+    old = dict(degradation="blur", blur_routine="constant", blur_padding="circular", mask_initial=11.0)
+    old.update(generation=False, gmm_components=1)
+    run = json.loads((copy / "run.json").read_text())
+    expected = Run.read(copy)
+    (copy / "run.json").write_text(json.dumps({**run, "config": {**run["config"], **old}}))
+    assert Run.read(copy) == expected
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--process", "cold", "--degradation", "mask", "--blur-std", "3"], "blur_std does not apply"),
+        (["--process", "blurring", "--blur-std", "3"], "blur_std does not apply to process 'blurring'"),
+        (["--process", "cold", "--noise", "cloud"], "noise does not apply to process 'cold'"),
+        (["--levels", "2"], "levels does not apply to process 'gaussian'"),
+        (["--delta", "1.5"], "delta does not apply to process 'gaussian' with noise 'white'"),
+        (["--process", "cold", "--gmm-components", "2"], "gmm_components does not apply"),
+        (["--process", "cold", "--degradation", "mask", "--mask-initial", "-5"], "mask_initial must be > 0, got -5.0"),
+        (["--process", "cold", "--degradation", "mask", "--mask-std", "nan"], "mask_std must be a finite number"),
+    ],
+)
+def test_flags_that_do_not_apply_or_are_wrong_are_named_in_one_line(tmp_path, capsys, flags, expected):
+    assert cli.main([*TRAIN, "--workdir", str(tmp_path / "w"), *flags]) == 2
+    err = _one_line(capsys.readouterr().err, expected)
+    assert len(err) < 160, err  # the flag and its value, not the T values it gives
+
+
+def _processes():
+    return [cj.ColdDiffusion(cj.GaussianBlur.from_routine("constant", 4, 1.0, 3), 4), cj.BlurringDiffusion()]
+
+
+@pytest.mark.parametrize("process", [*_processes(), cj.ScaleSpaceDiffusion(8, 2, num_steps=20)], ids=type)
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda x, t, **kw: x[..., :1], "shape"),
+        (lambda x, t, **kw: x[0], "shape"),
+        (lambda x, t, **kw: x.astype(jnp.int32), "real floating-point"),
+    ],
+    ids=["channels", "batchless", "int32"],
+)
+def test_every_process_checks_the_network_output_in_its_loss(process, bad, match):
+    with pytest.raises(ValueError, match=f"apply_fn must return .*{match}"):
+        process.loss(bad, jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+
+
+def test_sample_refuses_a_shape_the_process_does_not_make():
+    with pytest.raises(ValueError, match=r"shape \(2, 12, 12, 1\) does not match the process's image size"):
+        cj.sample(lambda x, t, **kw: x, cj.ScaleSpaceDiffusion(16, 2), jax.random.key(0), (2, 12, 12, 1), steps=4)
+
+
+@pytest.mark.parametrize("process", [cj.BlurringDiffusion(), cj.ScaleSpaceDiffusion(8, 2)], ids=type)
+@pytest.mark.parametrize("t", [1.5, -0.5, float("nan")])
+def test_q_sample_of_every_gaussian_process_refuses_t_outside_0_1(process, t):
+    with pytest.raises(ValueError, match="t must be in"):
+        process.q_sample(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), t)
+
+
+def test_a_full_disk_while_sampling_is_one_line(trained, tmp_path):
+    out = tmp_path / "s"
+    proc = _cli("sample", "--workdir", trained, "--out", out, "--num", "64", "--steps", "1", file_limit=4096)
+    code, _, err = _finish(proc)
+    assert code == 1 and err == f"error: {out}.npz: File too large\n", err
+    assert list(tmp_path.iterdir()) == []  # no part of a file, no temporary one
+
+
+def test_sigterm_while_sampling_removes_the_temporary_file(trained, tmp_path):
+    argv = ["sample", "--workdir", trained, "--out", tmp_path / "s", "--num", "10000000", "--steps", "1"]
+    proc = _cli(*argv, "--batch-size", "8")
+    end = time.monotonic() + 300
+    while not list(tmp_path.glob(".s.npz.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = _finish(proc)
+    assert code == 143 and err == "terminated\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_nan_start_time_is_one_line_and_nothing_else(trained, tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli.main(["sample", "--workdir", str(trained), "--out", str(tmp_path / "s"), "--t-start", "nan"]) == 2
+    _one_line(capsys.readouterr().err, "argument --t-start: must be a number in (0, 1], got nan")
+
+
+def test_the_mean_prior_refuses_non_finite_images():
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    images[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="images must be finite, got 1 NaN"):
+        cj.MeanPrior.fit(images)
+
+
+def test_a_mask_with_a_bad_initial_names_it_and_its_value_only():
+    with pytest.raises(ValueError, match=r"^initial must be finite and > 0, got -5$"):
+        cj.GaussianMask.linear(50, 0.1, -5)
