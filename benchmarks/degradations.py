@@ -1,14 +1,14 @@
-"""Cold Diffusion's blur D(x0, t): one Fourier pass (``cj.GaussianBlur``) against the anchor's t convolutions.
+"""Cold Diffusion's blur D(x0, t): one Fourier pass (``cj.GaussianBlur``) against the reference code's t convolutions.
 
     python benchmarks/degradations.py             # 8×32×32×3, about a minute on a 2-core CPU
     python benchmarks/degradations.py --size 64   # larger images
 
-The anchor recomputes D(x0, t) as t depthwise convolutions of the padded image at every call; here that is a
+The reference code recomputes D(x0, t) as t depthwise convolutions of the padded image at every call; here that is a
 jitted ``lax.fori_loop`` of t ``lax.conv_general_dilated`` calls (HIGHEST precision, channels folded into the
 batch). ``cj.GaussianBlur`` does one FFT, one product of per-axis transfer tables and one inverse FFT whatever t
-is. Both are timed at t = T for every image (the anchor's cost grows with the largest t of the batch; the one-pass
+is. Both are timed at t = T for every image (the reference cost grows with the largest t of the batch; the one-pass
 cost does not depend on t) as the median of ``--repeats`` calls (a fifth of them for the convolutions) after a
-warm-up, side by side in one run, and checked to agree. The anchor's blurs: std σ_i = e^{0.01 i}, 15×15 kernels for
+warm-up, side by side in one run, and checked to agree. The reference blurs: std σ_i = e^{0.01 i}, 15×15 kernels for
 T = 50 and 200 (its CelebA restoration setting), 27×27 for T = 300 (its generation setting). Prints one JSON object
 per configuration and writes them all, with the machine and its load (before and after), to
 ``benchmarks/results/degradations_<backend>.json``.
@@ -37,7 +37,7 @@ CONFIGS = [(50, 15, "circular"), (200, 15, "circular"), (300, 27, "circular"), (
 
 @partial(jax.jit, static_argnames="padding")
 def conv_composition(x, kernels, t, padding):
-    """The anchor's D(x, t): t convolutions of every channel, step i with ``kernels[i]`` ``(k, k)``, SAME alignment.
+    """The reference D(x, t): t convolutions of every channel, step i with ``kernels[i]`` ``(k, k)``, SAME alignment.
 
     Channels are folded into the batch for a one-feature ``lax.conv`` (on CPU about 1.5× faster than the depthwise
     ``feature_group_count=C`` form, so the fastest composition of the ones we tried)."""

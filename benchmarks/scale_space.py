@@ -205,7 +205,7 @@ def plot(results: dict, path: Path) -> None:
         timed = [r for r in results["sampling"] if r["size"] == size]
         if timed:
             axes[0].plot(names, [r["speedup_vs_ddpm"] for r in timed], "o-", label=f"{size} px: time")
-    axes[0].axhline(1.58, color="grey", lw=0.8, ls=":", label="anchor 1.58× (64 px, 4 levels)")
+    axes[0].axhline(1.58, color="grey", lw=0.8, ls=":", label="paper 1.58× (64 px, 4 levels)")
     axes[0].set_ylabel("speed-up over DDPM at equal NFE")
     axes[0].legend(fontsize=7)
     for size, per_level in results.get("gflops_per_level", {}).items():

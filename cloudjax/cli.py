@@ -458,7 +458,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--degradation-steps",
         type=int,
         default=None,
-        help="cold: T (defaults, the anchor's: blur 20, mask 50, downsample log2(size/4), decolor 20)",
+        help="cold: T (defaults, the reference code's: blur 20, mask 50, downsample log2(size/4), decolor 20)",
     )
     p.add_argument("--blur-routine", choices=registry.BLUR_ROUTINES, default=None, help="blur stds per step")
     p.add_argument("--blur-std", type=float, default=None, help="blur std in px (default 7·size/28, constant)")

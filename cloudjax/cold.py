@@ -11,7 +11,7 @@ x_T and steps down the grid with x̂0 = R(x_t, t / T):
 
 Generation from blur: when D(·, T) maps every image to its per-channel mean (a blur whose last step is "to the
 mean"), new images start from flat images whose colours come from a Gaussian mixture fitted to the training
-images' per-channel means (:class:`MeanPrior`), plus the anchor's small "broken symmetry" noise, added once.
+images' per-channel means (:class:`MeanPrior`), plus the reference code's small "broken symmetry" noise, added once.
 Without that noise two images with equal means give the same sample: Algorithm 2 is deterministic.
 
 A degradation is any callable ``D(x0, t)`` with x0 ``(B, H, W, C)`` and integer t ``(B,)`` in {0, …, T},
@@ -91,7 +91,7 @@ class MeanPrior:
     Attributes:
       weights, means, chol: the mixture, ``(K,)``, ``(K, C)`` and the Cholesky factors ``(K, C, C)`` of its
         covariances (nested tuples, so the prior is static and stored in run.json as it is).
-      noise: std of the "broken symmetry" noise added once to the start (the anchor's 0.002 on [−1, 1] images).
+      noise: std of the "broken symmetry" noise added once to the start (the reference code's 0.002 on [−1, 1] images).
     """
 
     weights: tuple = struct.field(pytree_node=False)

@@ -121,7 +121,7 @@ class GaussianBlur:
     """Cold Diffusion's blur: step i convolves every channel with the normalised, truncated Gaussian of std ``stds[i]``.
 
     ``D(x, t) = G_t ∗ … ∗ G_1 ∗ x`` with ``kernel_size``² kernels and ``padding`` at every step ("circular": the
-    image wraps around, the anchor's default; "reflect": mirrored without repeating the edge pixel). Gaussians are
+    image wraps around, the reference's default; "reflect": mirrored without repeating the edge pixel). Gaussians are
     separable and both paddings turn a step into a convolution on a periodic grid (the image itself, or its
     mirrored ``(2H − 2, 2W − 2)`` extension), where the t steps are one product of transfer functions:
     ``D(x, t) = F⁻¹[ F[x] · Π_{i≤t} Ĝ_i ]``, one FFT and one inverse whatever t is. Equal to the t-fold
@@ -134,7 +134,7 @@ class GaussianBlur:
       kernel_size: k, the side of the square kernel.
       padding: "circular" or "reflect".
       final_mean: add one last step (T = len(stds) + 1) that replaces the image by its per-channel mean, as the
-        anchor does for generation (``--discrete``): D(x, T) is flat, a colour a Gaussian mixture can model.
+        reference code does for generation (``--discrete``): D(x, T) is flat, a colour a Gaussian mixture can model.
     """
 
     stds: tuple[float, ...] = struct.field(pytree_node=False)
@@ -165,10 +165,10 @@ class GaussianBlur:
         padding: str = "circular",
         final_mean: bool = False,
     ) -> GaussianBlur:
-        """The anchor's std sequences for T = ``steps`` steps (σ_i for step i = 0 … T − 1):
+        """The reference code's std sequences for T = ``steps`` steps (σ_i for step i = 0 … T − 1):
 
         "constant" σ_i = std, "incremental" σ_i = std·(i + 1), "exponential" σ_i = exp(std·i). With ``final_mean``
-        the last step is the mean, so ``steps − 1`` blurs. The anchor's settings: MNIST constant 7, k = 11, T = 20;
+        the last step is the mean, so ``steps − 1`` blurs. The reference settings: MNIST constant 7, k = 11, T = 20;
         CelebA restoration exponential 0.01, k = 15, T = 200; generation exponential 0.01, k = 27, T = 300,
         circular, ``final_mean=True`` (σ from 1 to 19.7).
         """
@@ -214,12 +214,12 @@ class GaussianBlur:
 class GaussianMask:
     """Cold Diffusion's inpainting: ``D(x, t) = (Π_{i≤t} z_i) ⊙ x`` with masks ``z_i(p) = 1 − exp(−|p − c|²/2σ_i²)``.
 
-    Each mask is 1 minus a Gaussian with its peak 1 at the centre c (the anchor's 1 − G/max G); as σ_i grows the
+    Each mask is 1 minus a Gaussian with its peak 1 at the centre c (the reference code's 1 − G/max G); as σ_i grows the
     masked region grows, and the product removes more of the image at every step. The same masks multiply every
     channel.
 
     Attributes:
-      stds: σ_1 … σ_T in pixels, one per step (use :meth:`linear` for the anchor's σ_i = std·(i + initial)).
+      stds: σ_1 … σ_T in pixels, one per step (use :meth:`linear` for the reference code's σ_i = std·(i + initial)).
       centers: None for the image centre ((H − 1)/2, (W − 1)/2), else per-image (row, col) centres in pixels,
         shape ``(..., 2)`` broadcasting against x0's batch shape. One image keeps its centre across all steps, so
         build the mask once per batch (:meth:`at_random`) and use it for training and every sampler step.
@@ -237,7 +237,7 @@ class GaussianMask:
 
     @classmethod
     def linear(cls, steps: int = 50, std: float = 0.1, initial: float = 11.0) -> GaussianMask:
-        """σ_i = std·(i + initial) for i = 0 … steps − 1; the defaults are the anchor's MNIST/CIFAR setting
+        """σ_i = std·(i + initial) for i = 0 … steps − 1; the defaults are the reference code's MNIST/CIFAR setting
         (its CelebA-128 one is 100 steps, std 0.2, initial 1)."""
         _check_steps(steps)
         for name, value in (("std", std), ("initial", initial)):
@@ -278,11 +278,11 @@ class Downsample:
 
     ``D(x, t)`` is the image at resolution ``(H, W) / factor^t``, nearest-upsampled back to ``(H, W)``. Down-sampling
     is "area" (the mean of each ``factor^t``-pixel block, which is also what t area steps give) or "bicubic" (the
-    anchor's: each step resizes the previous full-size result, no antialiasing; ``jax.image.resize``'s Keys cubic,
+    reference's: each step resizes the previous full-size result, no antialiasing; ``jax.image.resize``'s Keys cubic,
     a = −0.5, where PyTorch uses a = −0.75). Both are linear. ``factor^steps`` must divide H and W.
 
     Attributes:
-      steps: T (the anchor: 3 for 32 → 4 px, 4 for 128 → 8 px).
+      steps: T (the reference code: 3 for 32 → 4 px, 4 for 128 → 8 px).
       factor: resolution divisor per step.
       method: "area" or "bicubic".
     """

@@ -1,10 +1,10 @@
-"""Scale Space Diffusion: noise *and* down-sampling (Mukhopadhyay et al. 2026), exact where the anchor approximates.
+"""Scale Space Diffusion: noise *and* down-sampling (Mukhopadhyay et al. 2026), exact where the reference approximates.
 
 Levels. ``L`` levels work at resolutions ``N / 2^ℓ``, ℓ = 0 … L−1 (ℓ = 0 is the data's). Discrete steps
-i = 0 … T−1 (the anchor's 0-indexed t) sit at continuous times ``t = (i + 1) / T`` of a :mod:`cloudjax.schedules`
+i = 0 … T−1 (the reference's 0-indexed t) sit at continuous times ``t = (i + 1) / T`` of a :mod:`cloudjax.schedules`
 schedule; step i runs at level ``ℓ(i)`` from a resolution schedule with ``τ = i / (T − 1)``:
 
-* ``"convex_decay"`` (the anchor's default, γ = 0.5): ``ℓ = ⌊(1 − (1 − τ)^γ) L⌋``, clipped to L − 1;
+* ``"convex_decay"`` (the reference code's default, γ = 0.5): ``ℓ = ⌊(1 − (1 − τ)^γ) L⌋``, clipped to L − 1;
 * ``"equal"``: ``ℓ = ⌊τ L⌋`` (convex_decay with γ = 1): every level gets the same number of steps.
 
 A *change step* c is one with ℓ(c) > ℓ(c − 1) (64 px, L = 4, T = 1000: c = 438, 750, 937).
@@ -17,7 +17,7 @@ law has no scale). The step noise ``η_i ~ N(0, σ_t² Σ_t − c² σ_s² M Σ_
 Resize operators M (one halving):
 
 * ``"mean"``: 2×2 block mean; Mᵀ is nearest up-sampling divided by 4, so ``M Mᵀ = I / 4``;
-* ``"bilinear"``: antialiased bilinear (the anchor's), Mᵀ by ``jax.linear_transpose``.
+* ``"bilinear"``: antialiased bilinear (the reference code's), Mᵀ by ``jax.linear_transpose``.
 
 Posterior at a step t → s (x̂0 at r(s), μ_s = α_s x̂0, c = α_t / α_s, ρ = σ_s² / σ_t²). With
 ``B = Σ_t^{−1/2} M Σ_s^{1/2}`` (the resize in whitened coordinates),
@@ -34,10 +34,10 @@ and a draw is ``σ_s Σ_s^{1/2} (ξ + Bᵀ g(BBᵀ) B ξ)``, ξ white, ``g(λ) =
   images) and σ_s² on its complement. For cloud noise BBᵀ has one value per coarse mode (its ratio to 1/4 is
   the downsampled field's power over the coarse noise model's), still exact.
 * ``"bilinear"``: BBᵀ is not diagonal (edge handling); g(BBᵀ)v is computed by Lanczos (40 iterations, as the
-  anchor) with full re-orthogonalisation — see :func:`lanczos_apply`.
+  reference code) with full re-orthogonalisation — see :func:`lanczos_apply`.
 
 Where ``ρc²λ > 1`` for some mode (the down-sampled noise has more power there than the coarse noise model) the
-forward kernel would need negative variance; the square root is clipped at 0 there, as the anchor clamps ρ.
+forward kernel would need negative variance; the square root is clipped at 0 there, as the reference code clamps ρ.
 
 Cloud noise with ``pad > 1`` (the aperiodic crop) is drawn exactly from the noise model in the forward process
 and within a level; at a resolution change the posterior uses its Π-diagonal covariance (``fourier_variance``),
@@ -168,11 +168,11 @@ def _g_sqrt(rho_c2):
 class ScaleSpaceDiffusion:
     """Scale Space Diffusion over any noise model and α/σ schedule; a frozen pytree (``noise`` is its only node).
 
-    A :class:`~cloudjax.process.ForwardProcess` of kind ``"scale_space"`` (samplers ``"ddpm"``, the anchor's
+    A :class:`~cloudjax.process.ForwardProcess` of kind ``"scale_space"`` (samplers ``"ddpm"``, the reference code's
     ancestral one, and ``"ddim"``; one stage per level). The network predicts x0 at the resolution of the step's
     output, r(s): ``denoise_fn(x_t, t)`` within a level, ``denoise_fn(x_t, t, upsample=True)`` at a change step
     (input at r(t), output at twice that size).
-    The loss is the x0 MSE with ``loss_weighting`` (default min(SNR, 5), the anchor's).
+    The loss is the x0 MSE with ``loss_weighting`` (default min(SNR, 5), the reference code's).
 
     Attributes:
       image_size: the data's ``H`` (square) or ``(H, W)``, each divisible by 2^(levels − 1).
@@ -183,7 +183,7 @@ class ScaleSpaceDiffusion:
       resolution_schedule: ``"convex_decay"`` or ``"equal"``; gamma: γ of convex_decay.
       resize: ``"mean"`` (block mean; exact posterior) or ``"bilinear"`` (antialiased; Lanczos posterior).
       loss_weighting, min_snr_gamma: as for ``GaussianDiffusion`` (prediction is always x0).
-      lanczos_iterations: Lanczos steps for the bilinear posterior (the anchor uses 40).
+      lanczos_iterations: Lanczos steps for the bilinear posterior (the reference code uses 40).
     """
 
     kind: ClassVar[str] = "scale_space"
@@ -339,7 +339,7 @@ class ScaleSpaceDiffusion:
         return jnp.mean(g.time_weight(t) * g.squared_error(out - target))
 
     def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, branch: int | None = None) -> jnp.ndarray:
-        """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the anchor's batches).
+        """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the reference code's batches).
 
         One u ~ U(0, 1) picks the step; at a change step the whole batch uses t = u, otherwise t is stratified
         over the non-change steps of u's level. Each t is U(0, 1) marginally. Without ``branch`` one program holds

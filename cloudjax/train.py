@@ -121,7 +121,7 @@ class TrainConfig:
     process: "gaussian" (noise, schedule, …) or "cold" (:class:`cloudjax.ColdDiffusion` over ``degradation``:
     "blur" (default), "mask", "downsample" or "decolor", with T = ``degradation_steps`` <= 1,000). Cold settings
     left None take the
-    anchor's MNIST/CIFAR values scaled to ``image_size`` (:func:`_cold_defaults`): blur T = 20 steps of a
+    the reference code's MNIST/CIFAR values scaled to ``image_size`` (:func:`_cold_defaults`): blur T = 20 steps of a
     constant σ = 7·S/28 px Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` "constant", ``blur_padding``
     "circular"; mask T = 50, σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32, mask_initial 11;
     downsample T = log2(S/4); decolor T = 20. generation: blur only (default False); the last step goes to the
@@ -129,7 +129,7 @@ class TrainConfig:
     sampling new images.
     process: "gaussian", "scale_space" (:class:`cloudjax.ScaleSpaceDiffusion` with ``levels`` levels, default 4,
     on a :class:`~cloudjax.models.FlexiUNet`) or "blurring" (:class:`cloudjax.BlurringDiffusion`); both predict
-    x0 and take loss_weighting "pixel" as the anchor's "min_snr".
+    x0 and take loss_weighting "pixel" as the reference code's "min_snr".
     blur_sigma_max, blur_basis, blur_schedule: "blurring" only (see :class:`cloudjax.BlurringDiffusion`); None:
     20·S/32 px (the paper's 20 at 32 px), "dct" for white noise and "fourier" for cloud, "sin2".
     Settings left None that apply to the run are filled with their defaults when the config is made (and so
@@ -369,7 +369,7 @@ class TrainConfig:
 
 
 def _cold_defaults(degradation: str, size: int) -> dict:
-    """The anchor's MNIST/CIFAR settings (28–32 px) scaled to ``size`` px images."""
+    """The reference code's MNIST/CIFAR settings (28–32 px) scaled to ``size`` px images."""
     if degradation == "blur":
         kernel = max(3, int(11 * size / 28) - (int(11 * size / 28) + 1) % 2)  # odd, ≈ 11 at 28 px
         return dict(
@@ -565,7 +565,7 @@ class Run:
         schedule = (
             CalibratedSchedule(get_schedule("cosine"), self.snr_ratio) if c.schedule == "calibrated" else c.schedule
         )
-        loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the anchor's loss
+        loss = "min_snr" if c.loss_weighting == "pixel" else c.loss_weighting  # x0 processes: the reference code's loss
         if c.process == "scale_space":
             return ScaleSpaceDiffusion(c.image_size, c.levels, self.noise, schedule, loss_weighting=loss)
         if c.process == "blurring":
@@ -710,7 +710,7 @@ def _measure(config: TrainConfig, source) -> Run:
         noise_variance = run.noise.fourier_variance(config.image_size, config.image_size)
         run = dataclasses.replace(run, snr_ratio=calibrated_schedule(data_variance, noise_variance).snr_ratio)
     if config.process == "cold" and config.generation:
-        # the anchor's 0.002 "broken symmetry" noise on [−1, 1] images, in normalised units (data are in [0, 1])
+        # the reference code's 0.002 "broken symmetry" noise on [−1, 1] images, in normalised units (data are in [0, 1])
         noise = 0.001 / float(np.mean(std))
         prior = MeanPrior.fit(z, config.gmm_components, noise=noise, seed=config.seed)
         run = dataclasses.replace(run, mean_prior=prior)

@@ -3,7 +3,7 @@
 For each degradation (blur, mask, down-sampling) a cold model is trained on Fashion-MNIST (``--data``) with
 ``cloudjax.train``; held-out test images are degraded to D(x0, T) and restored by the direct reconstruction,
 Algorithm 1 and Algorithm 2. The table gives RMSE and SSIM (scikit-image) against the originals on [0, 1]
-pixels, as the anchor reports them. Generation: a blur model whose last step goes to the per-channel mean,
+pixels, as the reference code reports them. Generation: a blur model whose last step goes to the per-channel mean,
 sampled from its mean prior with Algorithm 2, against a Gaussian ("hot") model of the same network, batch and
 step budget sampled with 50 DDIM steps, both scored against held-out images with :mod:`cloudjax.metrics`.
 

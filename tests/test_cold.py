@@ -83,7 +83,7 @@ def test_exact_restorer_returns_x0(degradation):
     "D", [blur, cj.GaussianBlur.from_routine("constant", T, 0.7, kernel_size=5)], ids=["fft", "built-in"]
 )
 def test_algorithm_2_cancels_a_smooth_error_that_algorithm_1_keeps(D):
-    """x̂0 = x0 + δ with δ smooth: Algorithm 2 ends at x0 + δ − D(δ, T), Algorithm 1 at x0 + δ (the anchor's point)."""
+    """x̂0 = x0 + δ with δ smooth: Algorithm 2 ends at x0 + δ − D(δ, T), Algorithm 1 at x0 + δ (the paper's point)."""
     process = cj.ColdDiffusion(D, steps=T)
     key_offset, key_field = jax.random.split(jax.random.key(2))
     smooth = blur(jax.random.normal(key_field, X0.shape), jnp.full((3,), T))

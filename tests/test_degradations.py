@@ -78,7 +78,7 @@ def test_shape_dtype_jit_and_vmap(name):
 
 @functools.partial(jax.jit, static_argnames=("kernel_size", "padding"))
 def _conv_compositions(x, stds, kernel_size, padding):
-    """The anchor's way, all t at once: ``(T + 1, *x.shape)``, entry t made by t depthwise ``lax.conv`` calls, each on
+    """The reference way, all t at once: ``(T + 1, *x.shape)``, entry t made by t depthwise ``lax.conv`` calls, each on
     the explicitly padded image (SAME alignment) with the 2-D Gaussian normalised in 2-D."""
     k, C = kernel_size, x.shape[-1]
     lo, hi = (k - 1) // 2, k // 2
@@ -115,7 +115,7 @@ def test_blur_equals_t_explicit_convolutions(padding, kernel_size, H, W):
     np.testing.assert_allclose(_call(cj.GaussianBlur(stds, kernel_size, padding), x, t), expected, atol=3e-6)
 
 
-def test_blur_at_the_anchors_generation_scale():
+def test_blur_at_the_reference_codes_generation_scale():
     """300 steps, 27×27 kernels, σ = e^{0.01 i} (1 → 19.7), circular, then the per-channel mean (``--discrete``)."""
     D = cj.GaussianBlur.from_routine("exponential", steps=300, std=0.01, kernel_size=27, final_mean=True)
     np.testing.assert_allclose(D.stds, np.exp(0.01 * np.arange(299)), rtol=1e-12)

@@ -37,7 +37,7 @@ def noise_cov(noise, H, W):
     return F.T @ np.diag(np.asarray(noise.fourier_variance(H, W), np.float64).reshape(-1)) @ F
 
 
-def test_change_points_match_the_anchor():
+def test_change_points_match_the_reference_code():
     """64 px, 4 levels, T = 1000, ConvexDecay 0.5: changes at 438, 750, 937 (438/312/187/63 steps per level)."""
     levels = level_schedule(1000, 4)
     np.testing.assert_array_equal(change_steps(levels), [438, 750, 937])
