@@ -152,7 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
     (tmp_path / "run.json").write_text(_measure(CONFIG, _Source()).to_json())
     with pytest.raises(ValueError, match="holds a different run.*noise"):
-        train(dataclasses.replace(CONFIG, noise="white"), tmp_path, source=_Source())
+        train(dataclasses.replace(CONFIG, noise="white", delta=None), tmp_path, source=_Source())
 
 
 def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():
