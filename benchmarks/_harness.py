@@ -1,13 +1,16 @@
-"""What the framework comparisons share: core settings, interleaved timing, the machine record, the JSON file.
+"""What the framework comparisons share: core settings, timing in turns, the machine record, the JSON file.
 
-A comparison runs once per core setting (``1``: pinned to one core with ``taskset``, both frameworks on one
-thread; ``all``: every core), each in a fresh worker process so that JAX and PyTorch size their thread pools
-for it. Inside a worker the candidates are timed in turns (A B C A B C ...) so that a change of load on a shared
-machine hits all of them alike; rows report the median over the turns and the ratios use the medians.
+A comparison runs per core setting (``1``: pinned to one core with ``taskset``, every framework on one thread;
+``all``: every core). By default each framework runs in a process of its own (:func:`alternate`): for every
+configuration the frameworks take turns as whole processes, A B A B ... over ``turns`` rounds, so neither shares
+its process, allocator or thread pools with the other and a change of load on a shared machine hits all alike.
+``--one-process`` (:func:`run_workers`) times them in turns inside one worker process instead. Rows report the
+median over the turns and the ratios use the medians.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -15,6 +18,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,24 +79,83 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def run_workers(script: str, argv: list[str], core_settings: list[str]) -> list[dict]:
-    """Run ``script --worker --cores C argv`` for each core setting (``1`` under ``taskset -c <first core>``);
-    collect the JSON rows each prints (one per line), echoing them."""
+def _worker(script: str, argv: list[str], cores: str, env: dict | None = None) -> list[dict]:
+    """Run ``script --worker --cores C argv`` (``C = 1`` under ``taskset -c <first core>``); the JSON rows it
+    prints (one per line), echoed."""
+    cmd = [sys.executable, script, "--worker", "--cores", cores, *argv]
+    if cores == "1":
+        if shutil.which("taskset") is None:
+            print(json.dumps({"skipped": "cores=1: no taskset"}), flush=True)
+            return []
+        cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
     rows = []
-    for cores in core_settings:
-        cmd = [sys.executable, script, "--worker", "--cores", cores, *argv]
-        if cores == "1":
-            if shutil.which("taskset") is None:
-                print(json.dumps({"skipped": "cores=1: no taskset"}), flush=True)
-                continue
-            cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("{") and '"framework"' in line:
-                rows.append(json.loads(line))
-        if proc.wait():
-            raise SystemExit(f"worker for cores={cores} failed with status {proc.returncode}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if line.startswith("{") and '"framework"' in line:
+            rows.append(json.loads(line))
+    if proc.wait():
+        raise SystemExit(f"worker {' '.join(cmd)} failed with status {proc.returncode}")
+    return rows
+
+
+def run_workers(script: str, argv: list[str], core_settings: list[str]) -> list[dict]:
+    """One worker per core setting, the frameworks timed in turns inside it; the rows of all."""
+    return [row for cores in core_settings for row in _worker(script, argv, cores)]
+
+
+def alternate(
+    script: str, configs: list[list[str]], frameworks: list[str], argv: list[str], cores: str, turns: int, value: str
+) -> list[dict]:
+    """Each framework in its own worker: per configuration (worker arguments), ``turns`` rounds of one process per
+    framework (A B A B ...), each timing one turn; one row per framework and configuration, ``value`` the median
+    over the rounds (``rounds_<value>``: each round's; ``load_average``: at the end of each). The workers share a
+    fresh JAX compilation cache, so only the first round compiles."""
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="cloudjax-bench-") as cache:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+        rows = []
+        for config in configs:
+            rounds: dict[str, list[dict]] = {f: [] for f in frameworks}
+            for _ in range(turns):
+                for framework in frameworks:
+                    args = [*config, *argv, "--frameworks", framework, "--turns", "1"]
+                    rounds[framework] += _worker(script, args, cores, env)
+            for done in rounds.values():
+                if done:
+                    values = [r[value] for r in done]
+                    row = {k: v for k, v in done[0].items() if not k.startswith("turns_")}
+                    loads = [r["load_average"] for r in done]
+                    rows.append({**row, value: median(values), f"rounds_{value}": values, "load_average": loads})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+CONFIG = ("preset", "image_size", "cores", "mode")  # the fields that name a configuration's rows
+
+
+def options(parser: argparse.ArgumentParser, frameworks: list[str]) -> None:
+    """The options every comparison takes (core settings, turns, frameworks, process mode, output)."""
+    parser.add_argument("--frameworks", nargs="+", default=frameworks)
+    parser.add_argument("--cores", nargs="+", default=["1"], help="core settings: 1 (pinned), all")
+    parser.add_argument("--turns", type=int, default=3, help="turns (rounds) per framework, A B A B ...")
+    parser.add_argument("--one-process", action="store_true", help="all frameworks in one process, in turns")
+    parser.add_argument("--merge", action="store_true", help="keep --out's rows of other configurations")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+
+
+def compare(script: str, configs: list[list[str]], args, argv: list[str], value: str) -> list[dict]:
+    """Every core setting in ``args.cores``: the frameworks each in their own processes (:func:`alternate`), or
+    with ``args.one_process`` in turns inside one worker per configuration; rows tagged with their ``mode``."""
+    rows = []
+    for cores in args.cores:
+        if args.one_process:
+            turns = ["--frameworks", *args.frameworks, "--turns", str(args.turns)]
+            new = [row for config in configs for row in _worker(script, [*config, *argv, *turns], cores)]
+        else:
+            new = alternate(script, configs, args.frameworks, argv, cores, args.turns, value)
+        rows += [{**row, "mode": "one_process" if args.one_process else "processes"} for row in new]
     return rows
 
 
@@ -112,7 +175,15 @@ def ratios(rows: list[dict], key: tuple[str, ...], value: str, ours: str = "clou
     return out
 
 
-def write(path: Path, meta: dict, rows: list[dict], summary: list[dict]) -> None:
+def write(path: Path, meta: dict, rows: list[dict], summary: list[dict], merge: tuple[str, ...] = ()) -> None:
+    """Write ``{"meta", "ratios", "rows"}``. With ``merge`` (the fields naming a configuration) rows of an existing
+    file for configurations this run did not measure are kept (a long comparison split into several runs)."""
+    if merge and path.exists():
+        old = json.loads(path.read_text())
+        ours = {tuple(r[k] for k in merge) for r in rows}
+        kept = [r for r in old["rows"] if tuple(r.get(k) for k in merge) not in ours]
+        summary = [s for s in old["ratios"] if tuple(s.get(k) for k in merge) not in ours] + summary
+        rows, meta = kept + rows, {**meta, "earlier_runs": old["meta"].get("earlier_runs", []) + [old["meta"]]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "ratios": summary, "rows": rows}, indent=1) + "\n")
     for line in summary:

@@ -1,6 +1,6 @@
 """Sampling speed: ``cj.sample`` (DDIM) against diffusers' ``DDIMPipeline`` with a UNet of equal size, side by side.
 
-    python benchmarks/sampling.py           # tiny (batch 32) and small (batch 16) at 32 px, 50 steps: 1 core, all
+    python benchmarks/sampling.py           # tiny (batch 32) and small (batch 16) at 32 px, 50 steps, one core
     python benchmarks/sampling.py --quick   # tiny at 16 px, batch 4, 5 steps: a smoke run (CI-sized)
 
 Both sides run the same network layout (``benchmarks/train_throughput.py``'s ``torch_unet``: diffusers'
@@ -8,8 +8,9 @@ Both sides run the same network layout (``benchmarks/train_throughput.py``'s ``t
 row) for ``--steps`` deterministic DDIM steps from white noise, float32, random weights (the cost does not depend
 on them). cloudjax: the whole loop is one jitted ``lax.fori_loop``, ``steps + 1`` network evaluations (the last
 returns x̂0). diffusers: ``DDIMPipeline`` under ``torch.inference_mode``, ``steps`` evaluations, output as numpy.
-Each core setting runs in its own worker; the two are timed in turns and rows give the median images/s (see
-``benchmarks/_harness.py``). Writes ``results/sampling_<device>.json``.
+Each framework runs in processes of its own, the two taking turns over ``--turns`` rounds (``--one-process``: in
+turns inside one process); rows give the median images/s (see ``benchmarks/_harness.py``; ``--merge`` as in
+``train_throughput.py``). Writes ``results/sampling_<device>.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import itertools
 import json
 import os
 import time
-from pathlib import Path
 
 import _harness as H  # benchmarks/_harness.py
 
@@ -63,7 +63,7 @@ def diffusers_sampler(cfg, shape: tuple[int, ...], steps: int) -> tuple:
 def worker(args) -> None:
     from cloudjax.models import preset
 
-    if args.cores == ["1"]:
+    if args.cores == ["1"] and args.frameworks != ["cloudjax"]:  # torch only where it runs
         import torch
 
         torch.set_num_threads(1)
@@ -99,6 +99,7 @@ def worker(args) -> None:
                 images_per_second=round(batch / H.median(seconds), 3),
                 turns_images_per_second=[round(batch / s, 3) for s in seconds],
                 load_average=round(os.getloadavg()[0], 2),
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
             )
             print(json.dumps(row), flush=True)
 
@@ -118,12 +119,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[32])
     parser.add_argument("--batch-size", type=int, default=None, help="default: tiny 32, small 16, base 8")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--frameworks", nargs="+", default=["cloudjax", "diffusers"])
-    parser.add_argument("--cores", nargs="+", default=["1", "all"], help="core settings: 1 (pinned), all")
-    parser.add_argument("--turns", type=int, default=3, help="turns per framework (A B A B ...)")
     parser.add_argument("--quick", action="store_true", help="tiny at 16 px, batch 4, 5 steps: a smoke run")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=None)
+    H.options(parser, ["cloudjax", "diffusers"])
     args = parser.parse_args()
     if min(args.steps, args.turns) < 1:
         parser.error("--steps and --turns must be >= 1")
@@ -131,15 +128,15 @@ def main() -> None:
         args.presets, args.sizes, args.batch_size, args.steps, args.turns = ["tiny"], [16], 4, 5, 2
     if args.worker:
         return worker(args)
-    argv = ["--presets", *args.presets, "--sizes", *map(str, args.sizes), "--frameworks", *args.frameworks]
-    argv += ["--steps", str(args.steps), "--turns", str(args.turns)]
-    argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    argv = ["--steps", str(args.steps)] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    configs = [["--presets", p, "--sizes", str(s)] for p, s in itertools.product(args.presets, args.sizes)]
     meta = dict(H.machine(), load_average_start=os.getloadavg())
-    rows = H.run_workers(__file__, argv, args.cores)
+    rows = H.compare(__file__, configs, args, argv, "images_per_second")
     meta["load_average_end"] = os.getloadavg()
     device = rows[0]["device"] if rows else "cpu"
     out = args.out or H.RESULTS / f"sampling_{device}{'_quick' if args.quick else ''}.json"
-    H.write(out, meta, rows, H.ratios(rows, ("preset", "image_size", "cores"), "images_per_second"))
+    summary = H.ratios(rows, H.CONFIG, "images_per_second")
+    H.write(out, meta, rows, summary, merge=H.CONFIG if args.merge else ())
 
 
 if __name__ == "__main__":

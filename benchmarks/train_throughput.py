@@ -1,6 +1,6 @@
 """Training throughput: cloudjax's train step against PyTorch / diffusers at equal model size, side by side.
 
-    python benchmarks/train_throughput.py            # tiny and small, 16 and 32 px, float32: one core, all cores
+    python benchmarks/train_throughput.py            # tiny and small, 16 and 32 px, float32, one pinned core
     python benchmarks/train_throughput.py --quick    # tiny at 16 px, a few steps: a smoke run (CI-sized)
     python benchmarks/train_throughput.py --cores all --presets small --sizes 32 --dtype bfloat16   # on a GPU
 
@@ -13,12 +13,16 @@ For each preset and image size, one row per framework:
   or with ``torch.compile``, bf16 autocast when ``--dtype bfloat16``, a cosine schedule, the same noise (cloud
   noise from the same spectrum), clipping, AdamW (fused on CUDA) and EMA.
 
-Each core setting (``--cores 1 all``: one core pinned with taskset, every core) runs in a worker process of its
-own; inside it the frameworks are timed in turns (A B C A B C ..., ``--turns``), ``--steps`` steps a turn after
-a warm-up (compile), so a shared machine's load hits all alike; rows give the median images/s over the turns
-and every turn's value, and ``ratios`` cloudjax over the faster PyTorch variant. The load average is recorded
-with the machine. torch and diffusers are optional benchmark dependencies (``pip install torch diffusers``);
-without them the PyTorch rows are skipped with a note. Writes ``results/train_throughput_<device>.json``.
+Each framework runs in processes of its own (``benchmarks/_harness.py``): per preset and size the frameworks take
+turns as whole processes, A B A B over ``--turns`` rounds, each building its trainer, ``--warmup`` untimed steps
+(compilation; the rounds share a fresh compilation cache) and ``--steps`` timed ones, pinned to one core
+(``--cores 1``, the default; ``all``: every core). Rows give the median images/s over the rounds and each round's
+value, ``ratios`` cloudjax over the faster PyTorch variant; the load average is recorded per round.
+``--one-process`` times the frameworks in turns inside one process instead (the earlier form; on one core it
+handicaps JAX, see README "Benchmarks"). ``--merge`` keeps the rows of other configurations already in ``--out``,
+so a long comparison can run in parts. torch and diffusers are optional benchmark dependencies
+(``pip install torch diffusers``); without them the PyTorch rows are skipped with a note. Writes
+``results/train_throughput_<device>.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import itertools
 import json
 import os
 import time
-from pathlib import Path
 
 import _harness as H  # benchmarks/_harness.py
 import numpy as np
@@ -177,17 +180,19 @@ def torch_trainer(config, delta: float, feed, compiled: bool) -> tuple:
 
 
 def worker(args) -> None:
-    """One core setting: every (preset, size), the frameworks timed in turns; one JSON row per framework."""
+    """One core setting: every (preset, size), the given frameworks timed in turns; one JSON row per framework."""
     from cloudjax.train import TrainConfig
 
-    if args.cores == ["1"]:
+    if args.cores == ["1"] and args.frameworks != ["cloudjax"]:  # torch only where it runs
         import torch
 
         torch.set_num_threads(1)
-    builders = {"cloudjax": lambda c, f: cloudjax_trainer(c, args.delta, f)}
-    for name, compiled in (("torch_eager", False), ("torch_compile", True)):
-        if name in args.frameworks:
-            builders[name] = lambda c, f, compiled=compiled: torch_trainer(c, args.delta, f, compiled)
+    every = {
+        "cloudjax": lambda c, f: cloudjax_trainer(c, args.delta, f),
+        "torch_eager": lambda c, f: torch_trainer(c, args.delta, f, compiled=False),
+        "torch_compile": lambda c, f: torch_trainer(c, args.delta, f, compiled=True),
+    }
+    builders = {name: every[name] for name in args.frameworks}
     for preset, size in itertools.product(args.presets, args.sizes):
         config = TrainConfig(model=preset, image_size=size, batch_size=args.batch_size, dtype=args.dtype)
         candidates, info = {}, {}
@@ -218,8 +223,12 @@ def worker(args) -> None:
                 images_per_second=round(args.batch_size / H.median(seconds), 2),
                 turns_images_per_second=[round(args.batch_size / s, 2) for s in seconds],
                 load_average=round(os.getloadavg()[0], 2),
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
             )
             print(json.dumps(row), flush=True)
+
+
+OPTIONS = ("batch_size", "dtype", "delta", "input", "steps", "warmup", "data_dir")  # passed on to the workers
 
 
 def main() -> None:
@@ -229,16 +238,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--delta", type=float, default=0.0, help="cloud noise Δ (0: white noise)")
-    parser.add_argument("--frameworks", nargs="+", default=["cloudjax", "torch_eager", "torch_compile"])
     parser.add_argument("--input", choices=["synthetic", "fashion_mnist"], default="synthetic")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files (default: the Debian package's)")
-    parser.add_argument("--cores", nargs="+", default=["1", "all"], help="core settings: 1 (pinned), all")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per turn")
-    parser.add_argument("--turns", type=int, default=3, help="turns per framework (A B C A B C ...)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
-    parser.add_argument("--quick", action="store_true", help="tiny at 16 px, batch 8, eager torch: a smoke run")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny at 16 px, batch 8: a smoke run")
+    H.options(parser, ["cloudjax", "torch_eager"])
     args = parser.parse_args()
     if min(args.steps, args.turns, args.warmup) < 1:
         parser.error("--steps, --turns and --warmup must be >= 1")
@@ -247,18 +252,15 @@ def main() -> None:
         args.frameworks = [f for f in args.frameworks if f != "torch_compile"]  # compiling takes minutes on a CPU
     if args.worker:
         return worker(args)
-    argv = ["--presets", *args.presets, "--sizes", *map(str, args.sizes), "--frameworks", *args.frameworks]
-    for name in ("batch_size", "dtype", "delta", "input", "steps", "turns", "warmup") + ("data_dir",) * bool(
-        args.data_dir
-    ):
-        argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    argv = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in OPTIONS if getattr(args, k) is not None]
+    configs = [["--presets", p, "--sizes", str(s)] for p, s in itertools.product(args.presets, args.sizes)]
     meta = dict(H.machine(), load_average_start=os.getloadavg())
-    rows = H.run_workers(__file__, argv, args.cores)
+    rows = H.compare(__file__, configs, args, argv, "images_per_second")
     meta["load_average_end"] = os.getloadavg()
     device = "cpu" if all(r["device"] == "cpu" for r in rows) else rows[0]["device"].replace(" ", "_")
     out = args.out or H.RESULTS / f"train_throughput_{device}{'_quick' if args.quick else ''}.json"
-    summary = H.ratios(rows, ("preset", "image_size", "cores"), "images_per_second")
-    H.write(out, meta, rows, summary)
+    summary = H.ratios(rows, H.CONFIG, "images_per_second")
+    H.write(out, meta, rows, summary, merge=H.CONFIG if args.merge else ())
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """cloudjax: diffusion with scale-invariant ("cloud") noise in JAX/Flax. ``import cloudjax as cj``."""
 
+from cloudjax._xla import set_xla_defaults
+
+set_xla_defaults()  # first: XLA reads $XLA_FLAGS once, when JAX makes its first backend
+
 from cloudjax import registry
 from cloudjax.blurring import BlurringDiffusion, blurring_oracle
 from cloudjax.cold import ColdDiffusion, MeanPrior

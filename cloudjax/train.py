@@ -1086,6 +1086,8 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
     base_key = jax.random.wrap_key_data(jnp.copy(state.rng))  # a buffer of its own: the state is donated
     logger = _Logger(workdir, lead, stream, start or 0)
     step, last_saved, preempted = int(state.step), start, False
+    first = step  # one batch a step: batch data_step + (step - first) is the next one to train on
+    host_batch = lambda: run.normalize(next(batches)).astype(np.float32)
 
     def where() -> str:
         return f"step {last_saved} in {workdir / 'checkpoints'}" if last_saved is not None else "none yet"
@@ -1099,7 +1101,7 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
             raise TrainingDiverged(
                 f"the parameters are not finite after step {step}; training stopped; last good checkpoint: {where()}"
             )
-        meta = {"step": step, "data_step": batches.step, "sha256": digest}
+        meta = {"step": step, "data_step": data_step + step - first, "sha256": digest}
         args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
         if manager.save(step, args=args, force=force):
             last_saved = step
@@ -1115,11 +1117,13 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
     last_loss = math.nan
     try:
         with _StopFlag() as stop:
+            ahead = host_batch() if step < config.steps else None
             while step < config.steps:
-                batch = run.normalize(next(batches)).astype(np.float32)
-                batch = jax.make_array_from_process_local_data(data_sharding, batch)
+                batch = jax.make_array_from_process_local_data(data_sharding, ahead)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
                 step += 1
+                if step < config.steps:  # the next batch is read while this step (and the one before) run
+                    ahead = host_batch()
                 if pending is not None:  # read the previous step's loss while this one runs
                     losses.append(float(pending[1]["loss"]))
                     check(losses[-1], pending[0])

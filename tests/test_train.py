@@ -53,7 +53,8 @@ def _images(n=64):
 class _Source(ArraySource):
     """64 random 8×8 images; ``get`` call number ``at`` sends SIGTERM or returns NaN images.
 
-    A new run reads the normaliser sample first (call 0), then the batch of step s in call s.
+    A new run reads the normaliser sample first (call 0), then the batch of step s in call s, read while
+    step s - 1 runs (the first before any step).
     """
 
     def __init__(self, at=None, action=None):
@@ -107,8 +108,8 @@ def test_preempted_run_resumes_to_the_same_parameters(tmp_path):
     straight = train(CONFIG, tmp_path / "straight", source=_Source())
     assert straight["step"] == 4 and not straight["preempted"]
 
-    # SIGTERM arrives while the batch of step 2 is read: step 2 finishes, is checkpointed, training stops.
-    first = train(CONFIG, tmp_path / "resumed", source=_Source(at=2, action="sigterm"))
+    # SIGTERM arrives while the batch of step 3 is read: step 2 finishes, is checkpointed, training stops.
+    first = train(CONFIG, tmp_path / "resumed", source=_Source(at=3, action="sigterm"))
     assert first["preempted"] and first["step"] == 2 and first["last_checkpoint"] == 2
     second = train(CONFIG, tmp_path / "resumed", source=_Source())
     assert second["step"] == 4 and not second["preempted"]
@@ -126,8 +127,8 @@ def test_preempted_run_resumes_to_the_same_parameters(tmp_path):
 
 
 def test_sigterm_checkpoints_the_current_step(tmp_path):
-    # SIGTERM while the batch of step 3 (not a checkpoint step) is read: the checkpoint is step 3.
-    result = train(CONFIG, tmp_path, source=_Source(at=3, action="sigterm"))
+    # SIGTERM while the batch of step 4 is read, during step 3 (not a checkpoint step): the checkpoint is step 3.
+    result = train(CONFIG, tmp_path, source=_Source(at=4, action="sigterm"))
     assert result["preempted"] and result["step"] == 3 and result["last_checkpoint"] == 3
     _, _, state = load_run(tmp_path)
     assert int(state.step) == 3 and len(state.params["stem"]["kernel"].sharding.device_set) == 8
