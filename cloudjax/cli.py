@@ -581,12 +581,14 @@ def _terminate(signum, frame):
 
 @functools.cache  # once per process
 def _quiet_checkpoint_library() -> None:
-    """Orbax reports a failed save or read with tracebacks from its threads (absl ERROR records, and "Event loop is
-    closed" from the callbacks of its pending reads and writes, through ``sys.unraisablehook``). cloudjax reports those
-    failures itself in one line (the error of ``train``, a checkpoint skipped or read again), so they are dropped."""
+    """Orbax reports a failed save or read with tracebacks from its threads (absl ERROR records, asyncio's "Future
+    exception was never retrieved" for its pending writes, and "Event loop is closed" from their callbacks, through
+    ``sys.unraisablehook``). cloudjax reports those failures itself in one line (the error of ``train``, a checkpoint
+    skipped or read again), so they are dropped; the command runs no asyncio code of its own."""
     import logging
 
     logging.getLogger("absl").addFilter(lambda r: r.levelno < logging.ERROR or "orbax" not in r.pathname)
+    logging.getLogger("asyncio").addFilter(lambda r: "exception was never retrieved" not in r.getMessage())
     hook = sys.unraisablehook
 
     def unraisablehook(unraisable):

@@ -253,14 +253,15 @@ class TrainConfig:
                 self._fill(mask_initial=11.0)
             if self.generation:
                 self._fill(gmm_components=1)
+        if not cold:  # names first: the applicability of other settings depends on them
+            registry.check("noise", self.noise, registry.NOISES)
+            registry.check("schedule", self.schedule, registry.SCHEDULES)
         for name, applies in self._applicable().items():
             if not applies and getattr(self, name) is not None:
                 raise ValueError(f"{name} does not apply to {self._kind()}")
         registry.check("prediction", self.prediction, registry.PREDICTIONS if gaussian else ("x0",))
         registry.check("loss_weighting", self.loss_weighting, registry.LOSSES[self.process])
         if not cold:
-            registry.check("noise", self.noise, registry.NOISES)
-            registry.check("schedule", self.schedule, registry.SCHEDULES)
             if self.delta is not None and not self.delta >= 0:
                 raise ValueError(f"delta must be a finite number >= 0 or None, got {self.delta}")
         if scale_space:

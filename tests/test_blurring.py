@@ -152,7 +152,7 @@ def test_config_defaults_and_runs_of_older_versions():
     np.testing.assert_allclose(process.gain(0.3, 8, 8)[..., 0], process.alpha_sigma(0.3)[0] * expected, rtol=1e-5)
     assert TrainConfig(image_size=8, model="tiny", process="blurring", noise="cloud").blur_basis == "fourier"
     bad = [
-        (dict(process="gaussian", blur_sigma_max=3.0), "apply to --process blurring only"),
+        (dict(process="gaussian", blur_sigma_max=3.0), "blur_sigma_max does not apply to process 'gaussian'"),
         (dict(process="blurring", noise="cloud", blur_basis="dct"), "needs white noise"),
         (dict(process="blurring", blur_sigma_max=-1.0), "blur_sigma_max must be >= 0"),
         (dict(process="blurring", blur_schedule="cos"), "blur_schedule must be one of"),

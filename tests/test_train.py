@@ -160,7 +160,8 @@ def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():
     t = np.array([0.2, 0.5, 0.8], np.float32)
     a, s = (np.asarray(v, np.float64) for v in _measure(CONFIG, _Source()).diffusion.alpha_sigma(t))  # cosine
     for noise, cloud_ratio in (("white", False), ("cloud", True)):
-        run = _measure(dataclasses.replace(CONFIG, schedule="calibrated", noise=noise), _Source())
+        delta = CONFIG.delta if noise == "cloud" else None  # Δ applies to cloud noise only
+        run = _measure(dataclasses.replace(CONFIG, schedule="calibrated", noise=noise, delta=delta), _Source())
         assert (abs(run.snr_ratio - 1) > 0.05) == cloud_ratio  # white noise is its own reference: ratio 1
         a2, s2 = (np.asarray(v, np.float64) for v in run.diffusion.alpha_sigma(t))
         np.testing.assert_allclose((a2 / s2) ** 2, run.snr_ratio * (a / s) ** 2, rtol=1e-4)
