@@ -584,7 +584,7 @@ def get_classifier(data: Dataset, args) -> metrics.Classifier | None:
 
 TINY = dict(
     datasets=["patches:400"],
-    bootstrap=4,
+    bootstrap=2,
     convergence=["ddim", "3"],
     image_size=16,
     variants=["white", "cloud", "cloud-t0.95"],
