@@ -231,7 +231,7 @@ def fourier_features(x: jnp.ndarray, radial: bool = True) -> jnp.ndarray:
 
     ``radial=True``: each image's log power ``log (Π x)²`` averaged over rings of equal |k|, per channel,
     shape ``(N, R·C)``. ``radial=False``: the flattened ``Π x``, shape ``(N, H·W·C)``; Π is orthonormal, so
-    the Fréchet distance on these features equals the pixel-space one (the author's figure, ANCHORS §1).
+    the Fréchet distance on these features equals the pixel-space one (the author's figure in Cloud Diffusion Part 1).
     """
     x = _check_images("x", x)
     X = rfft_real(x)

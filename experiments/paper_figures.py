@@ -36,7 +36,7 @@ from cloudjax.stats import PowerLawFit, cross_mask, fit_power_law, mahalanobis_t
 
 PAD = 3  # cloud noise is the centre crop of a 3N × 3N periodic field (the paper's recipe, the library default)
 NOISE_BATCH = 256  # noise fields per draw: one array shape for every draw, so JAX compiles the kernels once
-# The author's numbers (ANCHORS §1: STL-10 unlabeled, grey, 96×96, letterboxed images removed).
+# The author's numbers (Cloud Diffusion Part 1: STL-10 unlabeled, grey, 96×96, letterboxed images removed).
 PAPER = {
     "image_size": 96,
     "delta": 1.49994,

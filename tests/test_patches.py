@@ -44,7 +44,7 @@ def test_flip_is_a_mirror_of_the_same_crop():
 
 
 def test_natural_spectrum_exponent():
-    """Natural 32×32 patches follow a power law with Δ ≈ 1.3–1.4 (ANCHORS §1: 1.34)."""
+    """Natural 32×32 patches follow a power law with Δ ≈ 1.3–1.4 (Cloud Diffusion Part 1: 1.34)."""
     fit = fit_power_law(patches(3000, 32))
     assert 1.1 < fit.delta < 1.7
     assert fit.r_value < -0.9

@@ -237,7 +237,7 @@ def test_nfe_below_two_is_refused(wvc):
 
 def test_gpu_suite_dry_run_writes_every_part_under_one_folder(tmp_path):
     """``benchmarks/gpu_suite.sh --dry-run``: every part at tiny sizes on the CPU, each writing JSON under one
-    folder, few enough files for the device tool to bring back (8), and the study sized from the measured step."""
+    folder, few enough files (8) to copy back from a GPU machine, and the study sized from the measured step."""
     out = tmp_path / "suite"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: the machine it sizes for
     env["PYTHON"] = sys.executable
