@@ -4,7 +4,7 @@ A comparison runs per core setting (``1``: pinned to one core with ``taskset``, 
 ``all``: every core). By default each framework runs in a process of its own (:func:`alternate`): for every
 configuration the frameworks take turns as whole processes, A B A B ... over ``turns`` rounds, so neither shares
 its process, allocator or thread pools with the other and a change of load on a shared machine hits all alike.
-``--one-process`` (:func:`run_workers`) times them in turns inside one worker process instead. Rows report the
+``--one-process`` (:func:`compare`) times them in turns inside one worker process instead. Rows report the
 median over the turns and the ratios use the medians.
 """
 

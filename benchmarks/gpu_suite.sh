@@ -2,7 +2,7 @@
 # Every GPU benchmark of cloudjax in one command, sized for ~12 minutes of one H100/H200 (the machine's start
 # included): the noise kernels, the train step (MFU), training throughput, and the white-vs-cloud study at 32 px
 # with the `small` UNet. Everything lands in one folder: JSON per part, the study's figures and per-run logs in
-# white_vs_cloud.tar.gz, and suite.log (at most 8 files, so the device tool brings all of it back).
+# white_vs_cloud.tar.gz, and suite.log (at most 8 files, the most a GPU machine returns).
 #
 #   bash benchmarks/gpu_suite.sh [DIR]             # on the GPU machine; DIR defaults to $OUT
 #   bash benchmarks/gpu_suite.sh --dry-run [DIR]   # every part at tiny sizes on the CPU (tests/ runs this)
@@ -21,12 +21,12 @@
 #     sampler compiles: 6 diffusions × 3 samplers × 6 NFEs ...  ~110  (~1 s each; one program per NFE)
 #     sampling 1024 images × 435 NFE × 3 samplers × 8 models .   ~30  (batches of 512, a few ms a forward)
 #   total .................................................... 570   the study gets what is left of 570 s
-# The device tool allows 600 s per command; the machine's start (1–2 min) comes on top. Compiles, not arithmetic,
+# A GPU machine allows 600 s per command; the machine's start (1–2 min) comes on top. Compiles, not arithmetic,
 # fill the study's time at this size: more training steps cost little once compiled (TRAIN_S=... to change it).
 # VARIANTS, SAMPLERS and TRAIN_S can be set in the environment.
 #
 # Fashion-MNIST: the GPU machine has no dataset files and no network. Copy the IDX files into the checkout first
-# (git ignores .data/) and name the folder in the device tool's `carry`:
+# (git ignores .data/) and carry the folder to the GPU machine:
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/   # 30 MB; carry: [".data"]
 # Without them the study runs on natural patches alone. On the machine the repo is put on PYTHONPATH.
 set -euo pipefail

@@ -39,9 +39,7 @@ def _backends_started() -> bool:
 
 def set_xla_defaults() -> list[str]:
     """Append cloudjax's defaults to ``$XLA_FLAGS`` where they apply; returns the flags added."""
-    if os.environ.get(ENV_VAR, "1") == "0" or _jaxlib_version() not in JAXLIB:
-        return []
-    if _backends_started():
+    if os.environ.get(ENV_VAR, "1") == "0" or _jaxlib_version() not in JAXLIB or _backends_started():
         return []
     flags = os.environ.get("XLA_FLAGS", "")
     added = [f"{name}={value}" for name, value in DEFAULTS.items() if name not in flags]
