@@ -377,8 +377,9 @@ def test_q_sample_refuses_t_outside_0_1(t):
 
 # 13: the author's units
 def _author_distance(x, delta):
-    """The author's d(x, 0) by his definition (Cloud Diffusion Part 1), from the full FFT: each conjugate pair of modes once
-    as (Re Z)² + (Im Z)², each self-conjugate mode as Z², weighted by |k|^{2Δ} with |k| = index / (N − 1)."""
+    """The author's d(x, 0) by his definition (Cloud Diffusion Part 1), from the full FFT: each conjugate pair of
+    modes once as (Re Z)² + (Im Z)², each self-conjugate mode as Z², weighted by |k|^{2Δ} with |k| = index / (N − 1).
+    """
     H, W = x.shape
     Z = np.fft.fft2(x, norm="ortho")
     i, j = np.meshgrid(np.fft.fftfreq(H) * H, np.fft.fftfreq(W) * W, indexing="ij")  # signed indices
