@@ -132,7 +132,6 @@ def _random_patches(key: jax.Array, images: jnp.ndarray, num: int, size: int) ->
     return jax.vmap(window)(n, i, j)
 
 
-@functools.partial(jax.jit, static_argnames=("patch_size", "num_patches", "num_projections", "min_resolution"))
 def sliced_wasserstein(
     x: jnp.ndarray,
     y: jnp.ndarray,
@@ -142,7 +141,7 @@ def sliced_wasserstein(
     num_patches: int = 16384,
     num_projections: int = 512,
     min_resolution: int = 8,
-) -> dict[str, jnp.ndarray]:
+) -> dict[str, float]:
     """Multi-scale sliced Wasserstein distance (SWD) between two image sets (Karras et al. 2018).
 
     For every Laplacian-pyramid level (:func:`laplacian_pyramid`), ``num_patches`` random
@@ -152,6 +151,9 @@ def sliced_wasserstein(
     ``SWD = mean_u (1/n) Σ_i |sort(u·p_x)_i − sort(u·p_y)_i|`` (the 1-D Wasserstein-1 distance per
     direction). Karras normalise each set by its own statistics; normalising both by the reference keeps a
     global shift or gain of the samples visible.
+
+    The projections run jitted; the sorts run in NumPy on the host, which sorts a (16384, 512) array
+    about ten times faster than XLA:CPU, so this function is called from Python, not inside ``jit``.
 
     Args:
       x, y: ``(N, H, W, C)`` reference and candidate images (the counts may differ).
@@ -168,6 +170,27 @@ def sliced_wasserstein(
         raise ValueError(f"need 1 <= patch_size <= min_resolution, got {patch_size} and {min_resolution}")
     if min(x.shape[1:3]) < min_resolution:
         raise ValueError(f"images of {x.shape[1]}x{x.shape[2]} are smaller than min_resolution={min_resolution}")
+    projections = _swd_projections(
+        x,
+        y,
+        key,
+        patch_size=patch_size,
+        num_patches=num_patches,
+        num_projections=num_projections,
+        min_resolution=min_resolution,
+    )
+    result = {
+        level: float(np.abs(np.sort(px, axis=0) - np.sort(py, axis=0)).mean())
+        for level, (px, py) in jax.device_get(projections).items()
+    }
+    result["mean"] = float(np.mean(list(result.values())))
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=("patch_size", "num_patches", "num_projections", "min_resolution"))
+def _swd_projections(x, y, key, *, patch_size, num_patches, num_projections, min_resolution):
+    """``{"HxW": (u·p_x, u·p_y)}``: each pyramid level's normalised patches of both sets projected on random unit
+    directions, two ``(num_patches, num_projections)`` arrays (see :func:`sliced_wasserstein`)."""
     result = {}
     pyramids = zip(laplacian_pyramid(x, min_resolution), laplacian_pyramid(y, min_resolution), strict=True)
     for level, (lx, ly) in enumerate(pyramids):
@@ -180,9 +203,7 @@ def sliced_wasserstein(
         py = ((py - mean) / std).reshape(num_patches, -1)
         u = jax.random.normal(kp, (px.shape[1], num_projections))
         u = u / jnp.linalg.norm(u, axis=0)
-        distance = jnp.abs(jnp.sort(px @ u, axis=0) - jnp.sort(py @ u, axis=0)).mean()
-        result[f"{lx.shape[1]}x{lx.shape[2]}"] = distance
-    result["mean"] = jnp.mean(jnp.stack(list(result.values())))
+        result[f"{lx.shape[1]}x{lx.shape[2]}"] = (px @ u, py @ u)
     return result
 
 

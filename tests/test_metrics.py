@@ -58,6 +58,20 @@ def test_swd_near_zero_for_one_distribution_and_grows_with_blur(images):
     assert float(swd[1]["32x32"]) > 3 * float(swd[1]["16x16"])
 
 
+def test_swd_level_is_the_mean_one_dimensional_wasserstein_distance_over_projections(images):
+    """Each level's SWD equals SciPy's 1-D Wasserstein-1 distance per projection, averaged over projections."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    x, y = images[0][:32], blur(images[1][:32], 1.0)
+    kwargs = dict(patch_size=7, num_patches=512, num_projections=16, min_resolution=8)
+    swd = metrics.sliced_wasserstein(x, y, jax.random.key(3), **kwargs)
+    projections = metrics._swd_projections(x, y, jax.random.key(3), **kwargs)
+    for level, (px, py) in projections.items():
+        px, py = np.asarray(px, np.float64), np.asarray(py, np.float64)
+        expected = np.mean([scipy_stats.wasserstein_distance(px[:, j], py[:, j]) for j in range(px.shape[1])])
+        np.testing.assert_allclose(swd[level], expected, rtol=1e-5)
+    assert swd["mean"] == pytest.approx(np.mean([swd[level] for level in projections]))
+
+
 def test_swd_grows_with_added_noise(images):
     x, y = images
     key = jax.random.key(0)
