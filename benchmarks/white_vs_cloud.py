@@ -38,6 +38,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -640,6 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
+    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the --out folders of runs over other datasets")
     p.add_argument("--train-only", action="store_true", help="train (or resume) every model, then exit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -702,28 +704,73 @@ def prepare(spec: str, args: argparse.Namespace) -> Study:
     return Study(data, classifier, reference, floor, models, trained)
 
 
+def write(result: dict, replicates: dict[int, dict[str, np.ndarray]], out: Path) -> None:
+    """Save ``result`` with its headline and summary redone, and the bootstrap replicates of every row."""
+    result.update(headline=headline(result["rows"], replicates), summary=summary(result["rows"]))
+    result["config"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews timings
+    (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
+    flat = {f"{i}/{m}": v for i, draws in replicates.items() for m, v in draws.items()}
+    np.savez(out / "white_vs_cloud_bootstrap.npz", **flat)
+
+
+def plot_all(result: dict, out: Path) -> None:
+    """The metric-vs-NFE plot of every dataset in ``result``."""
+    for name, floor in result["floor"].items():
+        rows = [r for r in result["rows"] if r["dataset"] == name]
+        plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
+
+
+MERGE_FREE = {"datasets", "out", "load_average_start", "load_average_end"}  # config keys that may differ between parts
+
+
+def merge(parts: list[Path], out: Path) -> dict:
+    """One study from runs over disjoint datasets with otherwise equal settings (e.g. one process per core): the
+    rows, floors, training summaries and bootstrap replicates of every part, the headline and plots redone."""
+    out.mkdir(parents=True, exist_ok=True)
+    result, replicates = None, {}
+    for part in parts:
+        piece = json.loads((part / "white_vs_cloud.json").read_text())
+        if result is None:
+            result = {key: {} for key in ("datasets", "floor", "floor_ci95", "training")}
+            result.update(config=dict(piece["config"], datasets=[]), rows=[])
+        differ = {k for k in piece["config"].keys() | result["config"].keys() if k not in MERGE_FREE}
+        differ = {k for k in differ if piece["config"].get(k) != result["config"].get(k)}
+        if differ:
+            raise ValueError(f"{part}: settings differ from the first part's: {sorted(differ)}")
+        if set(piece["datasets"]) & set(result["datasets"]):
+            raise ValueError(f"{part}: a dataset already merged from another part")
+        with np.load(part / "white_vs_cloud_bootstrap.npz") as draws:
+            for name in draws.files:
+                row, metric = name.split("/", 1)
+                replicates.setdefault(len(result["rows"]) + int(row), {})[metric] = draws[name]
+        result["config"]["datasets"] += piece["config"]["datasets"]
+        result["rows"] += piece["rows"]
+        for key in ("datasets", "floor", "floor_ci95", "training"):
+            result[key] |= piece[key]
+        for sheet in part.glob("white_vs_cloud_*_samples.png"):
+            shutil.copyfile(sheet, out / sheet.name)
+    write(result, replicates, out)
+    plot_all(result, out)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Every model of every dataset first, then sampler by sampler (in ``--samplers`` order), dataset, variant and
     NFE; each row is saved as it comes (a run cut short keeps what it measured), the plots after each sampler."""
     args = parse_args(argv)
     out = Path(args.out)
+    if args.merge:
+        return merge([Path(part) for part in args.merge], out)
     if args.plots_only:  # e.g. after a run cut short mid-sampler
         result = json.loads((out / "white_vs_cloud.json").read_text())
-        for name, floor in result["floor"].items():
-            rows = [r for r in result["rows"] if r["dataset"] == name]
-            plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
+        plot_all(result, out)
         return result
     out.mkdir(parents=True, exist_ok=True)
     config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
     result = {"config": config, "datasets": {}, "floor": {}, "floor_ci95": {}, "training": {}, "rows": []}
     replicates: dict[int, dict[str, np.ndarray]] = {}  # row index → {metric: (bootstrap,)}
 
-    def save() -> None:
-        result.update(headline=headline(result["rows"], replicates), summary=summary(result["rows"]))
-        result["config"]["load_average_end"] = os.getloadavg()[0]  # other work on the machine skews timings
-        (out / "white_vs_cloud.json").write_text(json.dumps(result, indent=1))
-        flat = {f"{i}/{m}": v for i, draws in replicates.items() for m, v in draws.items()}
-        np.savez(out / "white_vs_cloud_bootstrap.npz", **flat)
+    save = lambda: write(result, replicates, out)
 
     def measured(study: Study, samples: np.ndarray) -> tuple[dict, dict]:
         return score(

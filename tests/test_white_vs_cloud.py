@@ -79,6 +79,24 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     for kind in ("metrics", "samples"):
         assert (out / f"white_vs_cloud_{name}_{kind}.png").stat().st_size > 1000
     assert list(out.glob("classifier_*.npz")), "the feature classifier is saved for reuse"
+    # a second dataset run by another process merges into one study; other settings are refused
+    other = tmp_path / "other"
+    wvc.main(["--tiny", "--denoiser", "oracle", "--variants", *variants, "--out", str(other)])
+    merged = wvc.main(["--merge", str(out), str(other), "--out", str(tmp_path / "merged")])
+    part = json.loads((other / "white_vs_cloud.json").read_text())
+    assert merged["rows"] == rows + part["rows"]
+    assert set(merged["headline"]) == {name, part["rows"][0]["dataset"]} != {name}
+    assert merged["headline"][name] == headline
+    assert merged["config"]["datasets"] == [spec, "patches:400"]
+    with np.load(tmp_path / "merged" / "white_vs_cloud_bootstrap.npz") as draws:
+        assert {int(k.split("/")[0]) for k in draws.files} == set(range(len(merged["rows"])))
+    (tmp_path / "changed").mkdir()
+    changed = json.loads((other / "white_vs_cloud.json").read_text())
+    changed["config"]["seed"] = 1
+    (tmp_path / "changed" / "white_vs_cloud.json").write_text(json.dumps(changed))
+    shutil.copy(other / "white_vs_cloud_bootstrap.npz", tmp_path / "changed")
+    with pytest.raises(ValueError, match="seed"):
+        wvc.merge([out, tmp_path / "changed"], tmp_path / "bad")
 
 
 def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
