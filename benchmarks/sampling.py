@@ -31,8 +31,8 @@ def cloudjax_sampler(cfg, shape: tuple[int, ...], steps: int) -> tuple:
     import jax
 
     import cloudjax as cj
+    from cloudjax.generate import _denoiser
     from cloudjax.models import init
-    from cloudjax.train import _denoiser
 
     graphdef, params = init(cfg, jax.random.key(0))
     denoise = jax.tree_util.Partial(_denoiser(graphdef), params)

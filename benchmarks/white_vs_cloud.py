@@ -456,7 +456,8 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace, fr
     reached ``--train-steps`` is loaded from its ``ema_bf16.npz`` (no checkpoint needed: a few hundred kB for
     ``tiny``), anything else is trained or resumed with :func:`cloudjax.train.train` and the EMA saved.
     """
-    from cloudjax.train import generate, load_run
+    from cloudjax.generate import generate
+    from cloudjax.train import load_run
 
     def sample(run, graphdef, params) -> Model:
         # the loss weighting plays no part in sampling: one value lets the variants that differ only in it

@@ -9,6 +9,7 @@ from cloudjax.blurring import BlurringDiffusion, blurring_oracle
 from cloudjax.cold import ColdDiffusion, MeanPrior
 from cloudjax.degradations import Decolorize, Downsample, GaussianBlur, GaussianMask
 from cloudjax.diffusion import GaussianDiffusion, gaussian_oracle, gaussian_oracle_loss
+from cloudjax.generate import generate
 from cloudjax.metrics import frechet_distance, high_frequency_test, sliced_wasserstein, spectral_distance
 from cloudjax.models import UNet, UNetConfig
 from cloudjax.noise import PowerLawNoise, WhiteNoise, power_law_noise, power_law_spectrum
@@ -28,6 +29,6 @@ from cloudjax.stats import (
     mahalanobis_table,
     mahalanobis_to_center,
 )
-from cloudjax.train import TrainConfig, generate, load_run, train
+from cloudjax.train import TrainConfig, load_run, train
 
 __version__ = "0.1.0"

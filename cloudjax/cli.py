@@ -199,8 +199,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    from cloudjax.generate import generate
     from cloudjax.plots import save_image_grid
-    from cloudjax.train import generate, load_run
+    from cloudjax.train import load_run
 
     if args.num < 1 or (args.steps is not None and args.steps < 1) or args.batch_size < 1:
         raise UsageError(
@@ -257,8 +258,8 @@ def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
 
     from cloudjax._files import atomic_output
     from cloudjax.data import open_source
+    from cloudjax.generate import RESTORATIONS, restore
     from cloudjax.plots import save_image_grid
-    from cloudjax.train import RESTORATIONS, restore
 
     c = run.config
     if args.method is not None:

@@ -11,7 +11,8 @@ import numpy as np
 from etils.epath import Path
 
 from cloudjax._files import atomic_write
-from cloudjax.train import TrainConfig, generate, load_run, train
+from cloudjax.generate import generate
+from cloudjax.train import TrainConfig, load_run, train
 
 __all__ = ["run_demo"]
 

@@ -27,8 +27,9 @@ import jax
 import numpy as np
 
 from cloudjax.data import open_source
+from cloudjax.generate import RESTORATIONS, generate, restore
 from cloudjax.metrics import fourier_features, frechet_distance, sliced_wasserstein, spectral_distance
-from cloudjax.train import RESTORATIONS, TrainConfig, generate, load_run, restore, train
+from cloudjax.train import TrainConfig, load_run, train
 
 DEGRADATIONS = ("blur", "mask", "downsample")
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from cloudjax.cli import main
-from cloudjax.train import RESTORATIONS, load_run
+from cloudjax.generate import RESTORATIONS
+from cloudjax.train import load_run
 
 pytest.importorskip("skimage")
 

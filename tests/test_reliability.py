@@ -32,10 +32,12 @@ import cloudjax as cj
 from cloudjax import cli
 from cloudjax._files import WorkdirBusy, WorkdirLockError, atomic_write, workdir_lock
 from cloudjax.data.sources import ArraySource, FolderSource
+from cloudjax.generate import generate
 from cloudjax.stats import mahalanobis_weight
-from cloudjax.train import MAX_DEGRADATION_STEPS, Run, TrainConfig, TrainingDiverged, generate, load_run, train
+from cloudjax.train import MAX_DEGRADATION_STEPS, Run, TrainConfig, TrainingDiverged, check_workdir, load_run, train
 
-train_module = importlib.import_module("cloudjax.train")  # `cloudjax.train` is also the function
+checkpoints = importlib.import_module("cloudjax.train.checkpoints")
+loop = importlib.import_module("cloudjax.train.loop")
 
 
 def _source(seed=0):
@@ -127,7 +129,7 @@ def test_training_resumes_from_the_checkpoint_before_a_damaged_one(trained, copy
 def test_the_content_hash_is_written_with_each_checkpoint(trained):
     meta = json.loads((trained / "checkpoints" / "4" / "meta" / "metadata").read_text())
     _, _, state = load_run(trained)
-    assert meta["sha256"] == train_module._digest(state)[0]
+    assert meta["sha256"] == checkpoints._digest(state)[0]
 
 
 # 3: non-finite flags are refused; a non-finite state is never written
@@ -138,7 +140,7 @@ def test_non_finite_flags_are_refused(field, value):
 
 
 def test_a_non_finite_state_is_never_checkpointed(tmp_path, monkeypatch):
-    real = train_module._cached_train_step
+    real = loop._cached_train_step
 
     def poisoned(*args):  # what a NaN weight decay did: the loss of step 1 is finite, its parameters are not
         step = real(*args)
@@ -151,7 +153,7 @@ def test_a_non_finite_state_is_never_checkpointed(tmp_path, monkeypatch):
 
     nan_like = jax.jit(lambda tree: jax.tree.map(lambda p: p * jnp.nan, tree))
 
-    monkeypatch.setattr(train_module, "_cached_train_step", poisoned)
+    monkeypatch.setattr(loop, "_cached_train_step", poisoned)
     config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match="not finite after step 1.*last good checkpoint: none yet"):
         train(config, tmp_path, source=_source(), stream=io.StringIO())
@@ -196,7 +198,7 @@ def test_a_killed_process_leaves_no_lock_and_no_stale_temporary_folders(copy):
 def test_a_reader_follows_a_checkpoint_deleted_while_it_reads(trained, copy, monkeypatch):
     # `sample` during training with --keep 1: the newest step is deleted after a newer one is saved
     shutil.rmtree(copy / "checkpoints" / "4")
-    real, calls = train_module._restore, []
+    real, calls = checkpoints._restore, []
 
     def racing(manager, step, *args):
         if not calls:  # between listing and reading, training saves step 4 and deletes step 2
@@ -205,7 +207,7 @@ def test_a_reader_follows_a_checkpoint_deleted_while_it_reads(trained, copy, mon
         calls.append(step)
         return real(manager, step, *args)
 
-    monkeypatch.setattr(train_module, "_restore", racing)
+    monkeypatch.setattr(checkpoints, "_restore", racing)
     log = io.StringIO()
     _, _, state = load_run(copy, stream=log)
     assert int(state.step) == 4 and calls == [2, 4] and log.getvalue() == ""
@@ -512,7 +514,7 @@ def test_scale_space_levels_are_stored_when_the_run_is_made(tmp_path, capsys):
     assert config.levels == 4 and dataclasses.replace(config, levels=4) == config
     (tmp_path / "run.json").write_text(Run(config, (0.5,), (0.2,)).to_json())
     assert json.loads((tmp_path / "run.json").read_text())["config"]["levels"] == 4
-    assert train_module.check_workdir(dataclasses.replace(config, levels=4), tmp_path) is not None  # the same run
+    assert check_workdir(dataclasses.replace(config, levels=4), tmp_path) is not None  # the same run
     # the default does not fit the tiny network: say so, and what to pass
     assert cli.main([*TRAIN, "--process", "scale_space", "--workdir", str(tmp_path / "w")]) == 2
     _one_line(capsys.readouterr().err, "the default levels=4 does not fit the tiny network; pass --levels 1 … 2")

@@ -15,19 +15,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cloudjax.data.sources import ArraySource
-from cloudjax.train import (
-    TrainConfig,
-    TrainingDiverged,
-    _cached_train_step,
-    _manager,
-    _measure,
-    _restore,
-    init_state,
-    load_run,
-    make_mesh,
-    make_train_step,
-    train,
-)
+from cloudjax.train import TrainConfig, TrainingDiverged, init_state, load_run, make_mesh, make_train_step, train
+from cloudjax.train.checkpoints import _manager, _restore
+from cloudjax.train.run import _measure
+from cloudjax.train.step import _cached_train_step
 
 CONFIG = TrainConfig(
     data="test",

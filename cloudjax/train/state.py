@@ -1,0 +1,97 @@
+"""The replicated train state, the device mesh and the optimiser."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import AxisType, NamedSharding
+
+from cloudjax.models import flexi_unet, init
+from cloudjax.train.config import TrainConfig
+
+
+@struct.dataclass
+class TrainState:
+    """Replicated training state, a pytree. ``rng`` is raw key data (uint32) so it checkpoints as an array."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    step: jax.Array
+    rng: jax.Array
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over every device of every process (GSPMD-style automatic sharding)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None, process_id=None):
+    """``jax.distributed.initialize`` when several processes are configured: by arguments, or by the
+    ``CLOUDJAX_DISTRIBUTED=1`` environment variable (then JAX detects the cluster: TPU pods, SLURM, ...)."""
+    if coordinator is not None or num_processes not in (None, 1):
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    elif os.environ.get("CLOUDJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with linear warm-up and cosine / linear / no decay."""
+    horizon = max(config.decay_steps or config.steps, config.warmup_steps + 1)
+    end = config.lr * config.final_lr_ratio
+    warmup = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+    if config.decay == "cosine":
+        after = optax.cosine_decay_schedule(config.lr, horizon - config.warmup_steps, alpha=config.final_lr_ratio)
+    elif config.decay == "linear":
+        after = optax.linear_schedule(config.lr, end, horizon - config.warmup_steps)
+    else:
+        after = optax.constant_schedule(config.lr)
+    lr = optax.join_schedules([warmup, after], [config.warmup_steps]) if config.warmup_steps else after
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(lr, weight_decay=config.weight_decay),
+    )
+
+
+def _graphdef(config: TrainConfig) -> nnx.GraphDef:
+    return nnx.graphdef(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+
+
+def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
+    return TrainState(
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        ema=jax.tree.map(jnp.copy, params),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )
+
+
+def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
+    init_key, rng = jax.random.split(jax.random.key(config.seed))
+    if config.process == "scale_space":
+        graphdef, params = flexi_unet.init(config.unet_config(), config.image_size, init_key, out_shardings=sharding)
+    else:
+        graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
+    return graphdef, _new_state_jit(sharding)(config, params, jax.random.key_data(rng))
+
+
+@functools.lru_cache(maxsize=4)
+def _new_state_jit(sharding: NamedSharding | None) -> Callable:
+    return jax.jit(_new_state, static_argnums=0, out_shardings=sharding)
+
+
+def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
+    """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
+    params = nnx.state(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+    rng = jax.random.key_data(jax.random.key(0))
+    shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
