@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import PowerLawNoise, WhiteNoise
-from cloudjax.train import TrainConfig, init_state, make_mesh, make_train_step
+from cloudjax.train import TrainConfig, init_state, make_mesh, make_optimizer, make_train_step
 
 # Dense peak FLOP/s per device by (device-kind substring, computation dtype). float32 matmuls on these GPUs
 # run as TF32 under XLA's default precision, so the float32 entry is the TF32 tensor-core peak.
@@ -70,7 +70,7 @@ def bench(model: str, size: int, dtype: str, noise: str, batch: int, iters: int)
     graphdef, state = init_state(config, replicated)
     noise_model = WhiteNoise() if noise == "white" else PowerLawNoise(1.5)
     diffusion = GaussianDiffusion(noise_model, loss_weighting="pixel" if noise == "white" else "mahalanobis")
-    step = make_train_step(graphdef, diffusion, config, mesh)
+    step = make_train_step(graphdef, diffusion, make_optimizer(config), ema_decay=config.ema_decay, mesh=mesh)
     shape = (batch, size, size, 1)
     x = jax.device_put(np.random.default_rng(0).standard_normal(shape, np.float32), data)
     key = jax.random.key(0)

@@ -65,12 +65,13 @@ def cloudjax_trainer(config, delta: float, feed) -> tuple:
     from jax.sharding import PartitionSpec as P
 
     import cloudjax as cj
-    from cloudjax.train import init_state, make_mesh, make_train_step
+    from cloudjax.train import init_state, make_mesh, make_optimizer, make_train_step
 
     mesh = make_mesh()
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_state(config, replicated)
-    train_step = make_train_step(graphdef, cj.GaussianDiffusion(noise_model(delta)), config, mesh)
+    diffusion = cj.GaussianDiffusion(noise_model(delta))
+    train_step = make_train_step(graphdef, diffusion, make_optimizer(config), ema_decay=config.ema_decay, mesh=mesh)
     box, key, count = [state], jax.random.key(0), itertools.count()
 
     def step():

@@ -59,7 +59,9 @@ def _train(batches) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray
     replicated, data = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
     state = jax.jit(init, out_shardings=replicated)()
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: TinyNet(nnx.Rngs(SEED))))
-    step = make_train_step(graphdef, GaussianDiffusion(PowerLawNoise(1.0)), config, mesh)
+    step = make_train_step(
+        graphdef, GaussianDiffusion(PowerLawNoise(1.0)), make_optimizer(config), ema_decay=config.ema_decay, mesh=mesh
+    )
     local, gathered = [], []
     for i in range(STEPS):
         shard = next(batches)

@@ -15,7 +15,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cloudjax.data.sources import ArraySource
-from cloudjax.train import TrainConfig, TrainingDiverged, init_state, load_run, make_mesh, make_train_step, train
+from cloudjax.train import (
+    TrainConfig,
+    TrainingDiverged,
+    init_state,
+    load_run,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    train,
+)
 from cloudjax.train.checkpoints import _manager, _restore
 from cloudjax.train.run import _measure
 from cloudjax.train.step import _cached_train_step
@@ -79,7 +88,7 @@ def test_sharded_step_equals_single_device_step():
     fresh = jax.tree.map(np.asarray, fresh)  # host copy: the steps donate their state
     # a second step moves every parameter (after the first only the zero-initialised output layer has gradients)
     one = jax.device_put(fresh, jax.devices()[0])
-    single = make_train_step(graphdef, run.diffusion, CONFIG)
+    single = make_train_step(graphdef, run.diffusion, make_optimizer(CONFIG), ema_decay=CONFIG.ema_decay)
     sharded = _cached_train_step(graphdef, run, mesh)  # the one train() uses below: compiled once
     key2 = jax.device_put(jax.random.key(4), replicated)
     one, m1 = single(one, batch, jax.device_put(key, jax.devices()[0]))
@@ -188,7 +197,9 @@ def test_grad_accumulation_equals_the_one_pass_step():
     batch = np.random.default_rng(1).normal(size=(4, 8, 8, 1)).astype(np.float32)
     runs = []
     for accum in (1, 2):
-        step = make_train_step(graphdef, _DeterministicLoss(), dataclasses.replace(config, grad_accum=accum))
+        step = make_train_step(
+            graphdef, _DeterministicLoss(), make_optimizer(config), ema_decay=config.ema_decay, grad_accum=accum
+        )
         state = jax.tree.map(jnp.asarray, fresh)
         # the same math without LLVM's optimisation: half the compile time
         step = step.lower(state, batch, jax.random.key(0)).compile({"xla_backend_optimization_level": 0})

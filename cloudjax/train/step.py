@@ -22,7 +22,10 @@ from cloudjax.train.state import TrainState, make_optimizer
 def make_train_step(
     graphdef: nnx.GraphDef,
     diffusion,
-    config: TrainConfig,
+    optimizer: optax.GradientTransformation,
+    *,
+    ema_decay: float,
+    grad_accum: int = 1,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable:
     """The step ``(state, batch (B, H, W, C), key) → (state, metrics)``; ``state`` is donated.
@@ -35,9 +38,9 @@ def make_train_step(
     stays spread over every device), gradients are averaged over them with a fully unrolled ``lax.scan`` (one
     compiled step; a rolled loop around the convolutions costs XLA:CPU 6–17×); with ``grad_accum = 1`` the batch
     takes one pass. With ``mesh`` the batch is sharded on ``"data"`` and the state replicated.
+    ``optimizer`` then updates the parameters and the EMA follows: ``ema ← ema + (1 − ema_decay)(params − ema)``.
     """
-    optimizer = make_optimizer(config)
-    accum = config.grad_accum
+    accum = grad_accum
 
     def loss_fn(params, micro, key, branch):
         loss_key, dropout_key = jax.random.split(key)
@@ -70,8 +73,7 @@ def make_train_step(
         loss, grads = gradients(state.params, batch, key, branch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        d = config.ema_decay
-        ema = jax.tree.map(lambda e, p: e + (1 - d) * (p - e), state.ema, params)
+        ema = jax.tree.map(lambda e, p: e + (1 - ema_decay) * (p - e), state.ema, params)
         new = state.replace(params=params, opt_state=opt_state, ema=ema, step=state.step + 1)
         return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
@@ -97,4 +99,7 @@ def _cached_train_step(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh
 
 @functools.lru_cache(maxsize=4)
 def _train_step_for(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh) -> Callable:
-    return make_train_step(graphdef, run.diffusion, run.config, mesh)
+    c = run.config
+    return make_train_step(
+        graphdef, run.diffusion, make_optimizer(c), ema_decay=c.ema_decay, grad_accum=c.grad_accum, mesh=mesh
+    )
