@@ -23,6 +23,7 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 
 # Files that train or start subprocesses, slowest first: run before the rest so both workers finish together.
 SLOW_FIRST = (
+    "test_gpu_suite",
     "test_white_vs_cloud",
     "test_cold_train",
     "test_cli_train",
