@@ -45,7 +45,7 @@ from flax import struct
 from cloudjax import registry
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, _per_example, stratified_times
 from cloudjax.noise import WhiteNoise
-from cloudjax.process import check_output, check_times
+from cloudjax.process import OwnGaussianStep, check_output, check_times
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import dct2, idct2, irfft_real, rfft_real, wavenumbers
 
@@ -68,7 +68,7 @@ def laplacian_eigenvalues(basis: str, H: int, W: int) -> np.ndarray:
 
 
 @struct.dataclass
-class BlurringDiffusion:
+class BlurringDiffusion(OwnGaussianStep):
     """Blurring diffusion over an α/σ schedule and white (or, periodic, cloud) noise; a frozen pytree (``noise`` is
     its only node) and a :class:`~cloudjax.process.ForwardProcess` of kind ``"blurring"`` (samplers ddim, ddpm).
 
@@ -198,10 +198,10 @@ class BlurringDiffusion:
         return jnp.where(self.alpha_sigma(at_end)[1] > 0, x0, x)
 
     def gaussian_step(self, step, key, eta, stochasticity):
-        """The ``"ddim"``/``"ddpm"`` update per mode (:meth:`step`); the author's stochasticity does not apply."""
-        return self.step(step.x, step.x0, step.at_t, step.at_s, key, eta)
+        """The ``"ddim"``/``"ddpm"`` update per mode (:meth:`ddim_update`); the author's stochasticity is not used."""
+        return self.ddim_update(step.x, step.x0, step.at_t, step.at_s, key, eta)
 
-    def step(self, x_t, x0, t, s, key, eta) -> jnp.ndarray:
+    def ddim_update(self, x_t, x0, t, s, key, eta) -> jnp.ndarray:
         """One DDIM step t → s per mode (η = 1: the posterior q(x_s | x_t, x0); ``key`` None: no fresh noise),
         x0 = x̂0 (module docstring)."""
         H, W = x_t.shape[1:3]

@@ -34,7 +34,7 @@ from jax.tree_util import Partial
 
 from cloudjax import registry
 from cloudjax.diffusion import error_norm
-from cloudjax.process import check_output
+from cloudjax.process import Degradation, check_output
 
 __all__ = ["ColdDiffusion", "MeanPrior", "fit_gmm"]
 
@@ -133,7 +133,7 @@ def _as_pytree(degradation):
 
 
 @struct.dataclass
-class ColdDiffusion:
+class ColdDiffusion(Degradation):
     """Cold Diffusion over ``degradation``: a :class:`~cloudjax.process.ForwardProcess` of kind ``"cold"``.
 
     Attributes:

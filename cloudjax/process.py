@@ -31,15 +31,23 @@ name to the registry. A Gaussian process whose α is an operator (blurring diffu
 reuse the Gaussian rules, which are elementwise in α and σ, by returning per-mode (α, σ) from ``coefficients``
 and predicting in its own basis.
 
-Loss branches (optional). A process whose loss holds several programs of different shapes (scale space: one per
-level and per change step) lists their probabilities in ``loss_branches`` and takes ``loss(..., branch=k)``. The
-train step then draws k on the host with :func:`loss_branch` and runs one compiled program per branch: XLA gets
-each program's convolutions whole (inside a ``lax.switch`` XLA:CPU compiles them several times slower). Without
-``branch`` the loss draws the branch itself on device (one program), with the same distribution.
+Optional capabilities are declared, not probed: a process inherits the classes below that apply to it (as optax
+declares ``GradientTransformationExtraArgs``), and the train step and the sampler loop check ``isinstance``.
+
+* :class:`LossBranches` — the loss holds several programs of different shapes (scale space: one per level and
+  per change step); their probabilities are ``loss_branches`` and ``loss(..., branch=k)`` runs one. The train step
+  draws k on the host with :func:`loss_branch` and runs one compiled program per branch: XLA gets each program's
+  convolutions whole (inside a ``lax.switch`` XLA:CPU compiles them several times slower). Without ``branch`` the
+  loss draws the branch itself on device (one program), with the same distribution.
+* :class:`OwnGaussianStep` — the ``"ddim"``/``"ddpm"`` update is the process's own (α an operator, a changing
+  shape): ``gaussian_step(step, key, eta, stochasticity)``, None where the elementwise rule applies.
+* :class:`NetworkUpsampling` — at a step into a larger state the sampler calls ``denoise_fn(x, t, upsample=True)``.
+* :class:`Degradation` — a deterministic ``degrade(x0, i)`` at integer steps, what Cold Diffusion's samplers use.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,7 +55,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NoiseModel", "Schedule", "ForwardProcess", "loss_branch", "check_output", "check_times"]
+__all__ = [
+    "NoiseModel",
+    "Schedule",
+    "ForwardProcess",
+    "LossBranches",
+    "OwnGaussianStep",
+    "NetworkUpsampling",
+    "Degradation",
+    "loss_branch",
+    "check_output",
+    "check_times",
+]
 
 
 @runtime_checkable
@@ -113,6 +132,39 @@ class ForwardProcess(Protocol):
 
     def output(self, x: jax.Array, x0: jax.Array, at_end: Any) -> jax.Array:
         """The samples after the last step, from the final state x and the x̂0 predicted there."""
+
+
+class LossBranches(abc.ABC):
+    """Capability: a loss of several programs of different shapes (module docstring)."""
+
+    @property
+    @abc.abstractmethod
+    def loss_branches(self) -> np.ndarray:
+        """The probabilities ``(K,)`` of the loss's K branches."""
+
+    @abc.abstractmethod
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array, branch: int | None = None) -> jax.Array:
+        """:meth:`ForwardProcess.loss`, of branch ``branch`` only (None: drawn on device)."""
+
+
+class OwnGaussianStep(abc.ABC):
+    """Capability: the process's own DDIM/DDPM update (module docstring)."""
+
+    @abc.abstractmethod
+    def gaussian_step(self, step, key: jax.Array | None, eta, stochasticity) -> jax.Array | None:
+        """x_s from a sampler ``Step`` (:mod:`cloudjax.samplers`), or None for the elementwise Gaussian rule."""
+
+
+class NetworkUpsampling:
+    """Capability: the network makes the larger state at a resolution change (``denoise_fn(..., upsample=True)``)."""
+
+
+class Degradation(abc.ABC):
+    """Capability: a deterministic degradation at integer steps, what Cold Diffusion's samplers undo."""
+
+    @abc.abstractmethod
+    def degrade(self, x0: jax.Array, i: jax.Array) -> jax.Array:
+        """D(x0, i) for integer steps i ``(B,)`` (0: the identity)."""
 
 
 def loss_branch(weights: np.ndarray, key: jax.Array) -> int:

@@ -50,6 +50,7 @@ from jax.tree_util import Partial
 
 from cloudjax import registry
 from cloudjax.diffusion import check_output
+from cloudjax.process import NetworkUpsampling, OwnGaussianStep
 
 __all__ = ["sample", "METHODS", "Sampler", "Step"]
 
@@ -81,8 +82,7 @@ def _ddim(process, step: Step, key, eta, stochasticity):
     """DDIM with η and the author's stochasticity s; η = 1 is DDPM's ancestral step. A process whose α is an
     operator (blurring: a gain per Π mode) or whose state changes shape (scale space) gives its own update as
     ``process.gaussian_step(step, key, eta, stochasticity)``; None there means the rule below."""
-    own = getattr(process, "gaussian_step", None)
-    x = None if own is None else own(step, key, eta, stochasticity)
+    x = process.gaussian_step(step, key, eta, stochasticity) if isinstance(process, OwnGaussianStep) else None
     if x is not None:
         return x, None
     (a_t, s_t), (a_s, s_s) = step.at_t, step.at_s
@@ -230,7 +230,7 @@ def _sample(denoise_fn, process, key, ts, bounds, init_noise, eta, stochasticity
 
     def predict(x, t, out_shape=None):  # into a larger state, a process may have the network up-sample
         t = jnp.full((batch,), t, jnp.float32)
-        grow = out_shape not in (None, x.shape) and getattr(process, "network_upsamples", False)
+        grow = out_shape not in (None, x.shape) and isinstance(process, NetworkUpsampling)
         kw = {"upsample": True} if grow else {}
         return process.predict(check_output(denoise_fn(x, t, **kw), out_shape if grow else x.shape), x, t)
 

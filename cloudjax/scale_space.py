@@ -57,7 +57,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import WhiteNoise
-from cloudjax.process import check_output, check_times
+from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
@@ -165,7 +165,7 @@ def _g_sqrt(rho_c2):
 
 
 @struct.dataclass
-class ScaleSpaceDiffusion:
+class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
     """Scale Space Diffusion over any noise model and α/σ schedule; a frozen pytree (``noise`` is its only node).
 
     A :class:`~cloudjax.process.ForwardProcess` of kind ``"scale_space"`` (samplers ``"ddpm"``, the reference code's
@@ -187,7 +187,6 @@ class ScaleSpaceDiffusion:
     """
 
     kind: ClassVar[str] = "scale_space"
-    network_upsamples: ClassVar[bool] = True  # at a change step the sampler calls denoise_fn(x, t, upsample=True)
 
     image_size: Any = struct.field(pytree_node=False, default=64)
     levels: int = struct.field(pytree_node=False, default=4)
@@ -237,14 +236,14 @@ class ScaleSpaceDiffusion:
         """Continuous times ``(c + 1) / T`` of the change steps c, increasing, float32."""
         return ((change_steps(self.step_levels) + 1) / self.num_steps).astype(np.float32)
 
-    def step(self, t) -> np.ndarray:
+    def step_index(self, t) -> np.ndarray:
         """The discrete step i of continuous times t (``t ∈ ((i)/T, (i + 1)/T]``; t = 0 → step 0), host-side."""
         i = np.ceil(np.asarray(t, np.float64) * self.num_steps - 1e-3).astype(np.int64) - 1
         return np.clip(i, 0, self.num_steps - 1)
 
     def level(self, t) -> np.ndarray:
         """The level ℓ(t) of the state x_t (host-side, t of any shape)."""
-        return self.step_levels[self.step(t)]
+        return self.step_levels[self.step_index(t)]
 
     def size_at(self, level: int) -> tuple[int, int]:
         """``(H, W)`` at a level."""
@@ -256,7 +255,7 @@ class ScaleSpaceDiffusion:
 
     def is_change(self, t) -> np.ndarray:
         """Whether t is the time of a change step (the network's output is one level finer than its input)."""
-        return np.isin(self.step(t), change_steps(self.step_levels)) & (np.asarray(t) > 0)
+        return np.isin(self.step_index(t), change_steps(self.step_levels)) & (np.asarray(t) > 0)
 
     def alpha_sigma(self, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(α_t, σ_t) for t in [0, 1]."""

@@ -101,8 +101,8 @@ def test_step_is_the_papers_posterior_per_dct_mode():
     a_ts = A_t / A_s
     var_ts = s_t**2 - a_ts**2 * s_s**2
     mean = a_ts * s_s**2 / s_t**2 * np.asarray(dct2(x_t)) + var_ts / s_t**2 * A_s * np.asarray(dct2(x0))
-    np.testing.assert_allclose(dct2(d.step(x_t, x0, t, s, None, 1.0)), mean, atol=1e-5)
-    draws = jax.vmap(lambda k: d.step(x_t, x0, t, s, k, 1.0)[0])(jax.random.split(kn, n))
+    np.testing.assert_allclose(dct2(d.ddim_update(x_t, x0, t, s, None, 1.0)), mean, atol=1e-5)
+    draws = jax.vmap(lambda k: d.ddim_update(x_t, x0, t, s, k, 1.0)[0])(jax.random.split(kn, n))
     var = np.asarray(jnp.var(dct2(draws), axis=0), np.float64)
     np.testing.assert_allclose(var, var_ts * s_s**2 / s_t**2, rtol=0.08)
     assert np.ptp(var_ts) > 0.05  # the modes' variances differ: a per-mode test

@@ -159,3 +159,43 @@ def test_mean_is_the_expectation_of_q_sample(process, closed_form):
     assert np.abs(mean).mean() > 3 * tol  # the signal is far above the tolerance
     if closed_form is not None:
         np.testing.assert_allclose(mean, closed_form(process, x0, t), atol=1e-6)
+
+
+# one process of every registered kind, at 8 px: a new kind must be added here to pass the test below
+EVERY_PROCESS = {
+    "gaussian": lambda: cj.GaussianDiffusion(),
+    "cold": lambda: cj.ColdDiffusion(cj.GaussianBlur([1.0] * 4, 5), 4),
+    "scale_space": lambda: cj.ScaleSpaceDiffusion(8, 2, schedule="cosine"),
+    "blurring": lambda: cj.BlurringDiffusion(blur_sigma_max=5.0),
+}
+
+
+def _zero_denoiser(x, t, upsample=False):
+    """Predicts 0; asked to up-sample (a resolution change), at twice x's size."""
+    B, H, W, C = x.shape
+    return jnp.zeros((B, 2 * H, 2 * W, C) if upsample else x.shape)
+
+
+@pytest.mark.parametrize("kind", registry.PROCESSES)
+def test_every_registered_process_speaks_the_protocol_and_its_declared_capabilities(kind):
+    """The protocol and the optional capabilities (process.py), for every process the registry names: the kind,
+    a finite, positive loss for a network that predicts 0, the default sampler from ``prior`` to ``output`` at the
+    image shape, and what each declared capability promises (branch probabilities sum to 1, D(x, 0) = x)."""
+    from cloudjax.process import Degradation, LossBranches, NetworkUpsampling, OwnGaussianStep
+
+    assert set(EVERY_PROCESS) == set(registry.PROCESSES)
+    process = EVERY_PROCESS[kind]()
+    assert isinstance(process, cj.ForwardProcess) and process.kind == kind
+    x0 = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    loss = float(process.loss(_zero_denoiser, jax.random.key(1), x0))
+    assert np.isfinite(loss) and loss > 0  # predicting 0 misses every target
+    method = registry.samplers_for(kind)[0]
+    init = process.degrade(x0, jnp.full((2,), process.steps)) if kind == "cold" else None
+    out = cj.sample(_zero_denoiser, process, jax.random.key(2), x0.shape, steps=2, method=method, init_noise=init)
+    assert out.shape == x0.shape and np.isfinite(np.asarray(out)).all()
+    if isinstance(process, LossBranches):
+        np.testing.assert_allclose(np.sum(process.loss_branches), 1.0, rtol=1e-6)
+    if isinstance(process, Degradation):
+        np.testing.assert_array_equal(process.degrade(x0, jnp.zeros((2,), jnp.int32)), x0)
+    assert isinstance(process, NetworkUpsampling) == (kind == "scale_space")  # the one whose state grows
+    assert isinstance(process, OwnGaussianStep) == (kind in ("scale_space", "blurring"))

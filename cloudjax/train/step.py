@@ -13,7 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cloudjax.process import loss_branch
+from cloudjax.process import LossBranches, loss_branch
 from cloudjax.train.config import _RESUMABLE_FIELDS, TrainConfig
 from cloudjax.train.run import Run
 from cloudjax.train.state import TrainState, make_optimizer
@@ -82,9 +82,9 @@ def make_train_step(
         replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         shardings = dict(in_shardings=(replicated, data, replicated), out_shardings=replicated)
     jitted = jax.jit(step, static_argnums=3, donate_argnums=0, **shardings)  # one program per branch
-    weights = getattr(diffusion, "loss_branches", None)
-    if weights is None:
+    if not isinstance(diffusion, LossBranches):
         return jitted
+    weights = diffusion.loss_branches
     return lambda state, batch, key: jitted(state, batch, key, loss_branch(weights, key))
 
 
