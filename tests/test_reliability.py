@@ -31,6 +31,7 @@ from test_train import CONFIG  # the same run config: its step compiles once per
 import cloudjax as cj
 from cloudjax import cli
 from cloudjax._files import WorkdirBusy, WorkdirLockError, atomic_write, workdir_lock
+from cloudjax.cli import sample as cli_sample
 from cloudjax.data.sources import ArraySource, FolderSource
 from cloudjax.generate import generate
 from cloudjax.stats import mahalanobis_weight
@@ -346,7 +347,7 @@ def test_the_npz_is_streamed_with_memory_flat_in_the_count(tmp_path):
     batch = np.ones((16, 64, 64, 1), np.float32)  # 256 KiB
     for count in (4, 64):
         tracemalloc.start()
-        cli._write_npz(tmp_path / f"{count}.npz", (batch * i for i in range(count)), (16 * count, 64, 64, 1), {})
+        cli_sample._write_npz(tmp_path / f"{count}.npz", (batch * i for i in range(count)), (16 * count, 64, 64, 1), {})
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 4 * batch.nbytes, peak
