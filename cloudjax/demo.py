@@ -31,7 +31,8 @@ def run_demo(out: str | Path, steps: int = 20_000, minutes: float = 7.0, quick: 
     from cloudjax.data import open_source
     from cloudjax.metrics import sliced_wasserstein, spectral_distance
     from cloudjax.plots import plot_sample_comparison
-    from cloudjax.stats import fit_power_law, write_stats_report
+    from cloudjax.stats import fit_power_law
+    from cloudjax.stats_report import write_stats_report
 
     deadline = time.perf_counter() + 60 * minutes
     out = Path(out)

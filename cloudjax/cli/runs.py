@@ -14,7 +14,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cloudjax._progress import Progress
-    from cloudjax.stats import write_stats_report
+    from cloudjax.stats_report import write_stats_report
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
