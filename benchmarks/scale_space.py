@@ -135,7 +135,7 @@ def bench_training(model, size: int, batch: int, turns: int) -> dict:
     expected = {}
     for name in PROCESSES[:4]:
         proc = process(name, size)
-        levels, changes = proc.step_levels, set(cj.scale_space.change_steps(proc.step_levels).tolist())
+        levels, changes = proc.step_levels, set(cj.resolution.change_steps(proc.step_levels).tolist())
         keys = [f"{lv}↑" if i in changes else str(lv) for i, lv in enumerate(levels)]
         expected[name] = float(np.mean([seconds[k] for k in keys]))
     row = dict(size=size, batch=batch, seconds_per_level=seconds, expected_step_seconds=expected,

@@ -14,10 +14,8 @@ otherwise; the marginal is ``q(x_t | x0) = N(α_t M_{1:t} x0, σ_t² Σ_ℓ(t))`
 the noise model's covariance at level ℓ's resolution (white: I; cloud: the same Δ at every level, since a power
 law has no scale). The step noise ``η_i ~ N(0, σ_t² Σ_t − c² σ_s² M Σ_s Mᵀ)`` is what keeps the marginal so.
 
-Resize operators M (one halving):
-
-* ``"mean"``: 2×2 block mean; Mᵀ is nearest up-sampling divided by 4, so ``M Mᵀ = I / 4``;
-* ``"bilinear"``: antialiased bilinear (the reference code's), Mᵀ by ``jax.linear_transpose``.
+Resize operators M (one halving; :mod:`cloudjax.resolution`, with the resolution schedules): ``"mean"``, the
+2×2 block mean (``M Mᵀ = I / 4``), or ``"bilinear"``, the reference code's antialiased bilinear.
 
 Posterior at a step t → s (x̂0 at r(s), μ_s = α_s x̂0, c = α_t / α_s, ρ = σ_s² / σ_t²). With
 ``B = Σ_t^{−1/2} M Σ_s^{1/2}`` (the resize in whitened coordinates),
@@ -58,105 +56,19 @@ from flax import struct
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import WhiteNoise
 from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times
+from cloudjax.resolution import (
+    RESIZES,
+    change_steps,
+    degrade,
+    downsample,
+    downsample_transpose,
+    lanczos_apply,
+    level_schedule,
+)
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
-__all__ = [
-    "RESOLUTION_SCHEDULES",
-    "RESIZES",
-    "level_schedule",
-    "change_steps",
-    "downsample",
-    "downsample_transpose",
-    "degrade",
-    "lanczos_apply",
-    "ScaleSpaceDiffusion",
-]
-
-RESOLUTION_SCHEDULES = ("convex_decay", "equal")
-RESIZES = ("mean", "bilinear")
-
-
-def level_schedule(num_steps: int, levels: int, schedule: str = "convex_decay", gamma: float = 0.5) -> np.ndarray:
-    """``(num_steps,)`` int level ℓ(i) of each step i = 0 … T−1 (see the module docstring)."""
-    if schedule not in RESOLUTION_SCHEDULES:
-        raise ValueError(f"resolution_schedule must be one of {RESOLUTION_SCHEDULES}, got {schedule!r}")
-    if isinstance(levels, bool) or int(levels) != levels or levels < 1:
-        raise ValueError(f"levels must be an integer >= 1, got {levels}")
-    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps}")
-    if not (np.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    tau = np.arange(num_steps, dtype=np.float64) / max(num_steps - 1, 1)
-    frac = 1.0 - (1.0 - tau) ** (gamma if schedule == "convex_decay" else 1.0)
-    return np.minimum(np.floor(frac * levels), levels - 1).astype(np.int64)
-
-
-def change_steps(levels: np.ndarray) -> np.ndarray:
-    """Steps c with ``levels[c] > levels[c − 1]`` (where the forward process halves the resolution)."""
-    return np.flatnonzero(np.diff(levels) > 0) + 1
-
-
-def _check_image(x: jnp.ndarray) -> tuple[int, int]:
-    if x.ndim < 3 or x.shape[-3] % 2 or x.shape[-2] % 2:
-        raise ValueError(f"x must be (..., H, W, C) with even H and W, got shape {x.shape}")
-    return x.shape[-3], x.shape[-2]
-
-
-def downsample(x: jnp.ndarray, resize: str = "mean") -> jnp.ndarray:
-    """One halving M: ``(..., H, W, C) → (..., H/2, W/2, C)``, 2×2 block mean or antialiased bilinear."""
-    H, W = _check_image(x)
-    if resize == "mean":
-        return x.reshape(*x.shape[:-3], H // 2, 2, W // 2, 2, x.shape[-1]).mean(axis=(-4, -2))
-    if resize == "bilinear":
-        return jax.image.resize(x, (*x.shape[:-3], H // 2, W // 2, x.shape[-1]), "linear", antialias=True)
-    raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
-
-
-def downsample_transpose(y: jnp.ndarray, resize: str = "mean") -> jnp.ndarray:
-    """Mᵀ: ``(..., h, w, C) → (..., 2h, 2w, C)``; for ``"mean"`` nearest up-sampling / 4."""
-    if resize == "mean":
-        return jnp.repeat(jnp.repeat(y, 2, axis=-3), 2, axis=-2) / 4.0
-    fine = jax.ShapeDtypeStruct((*y.shape[:-3], 2 * y.shape[-3], 2 * y.shape[-2], y.shape[-1]), y.dtype)
-    return jax.linear_transpose(lambda x: downsample(x, resize), fine)(y)[0]
-
-
-def degrade(x0: jnp.ndarray, level: int, resize: str = "mean") -> jnp.ndarray:
-    """``M_{1:ℓ} x0``: ``level`` halvings."""
-    for _ in range(level):
-        x0 = downsample(x0, resize)
-    return x0
-
-
-def lanczos_apply(matvec: Callable, v: jnp.ndarray, fn: Callable, iterations: int) -> jnp.ndarray:
-    """``fn(A) v`` for a symmetric PSD operator A ≈ ``‖v‖ Q fn(T) e_1`` from ``iterations`` Lanczos steps.
-
-    Full re-orthogonalisation; a Krylov space that closes early (exact breakdown) gives the exact result (the
-    remaining basis vectors are zero). ``v`` has any shape; ``matvec`` maps that shape to itself.
-    """
-    n = v.size
-    k = int(min(iterations, n))
-    flat = lambda u: matvec(u.reshape(v.shape)).reshape(-1)
-    norm = jnp.linalg.norm(v)
-    q0 = v.reshape(-1) / jnp.where(norm > 0, norm, 1.0)
-
-    def body(j, carry):
-        Q, alphas, betas = carry
-        w = flat(Q[j])
-        a = jnp.dot(Q[j], w)
-        w = w - Q.T @ (Q @ w)  # full re-orthogonalisation against every previous vector (twice is enough)
-        w = w - Q.T @ (Q @ w)
-        b = jnp.linalg.norm(w)
-        alive = b > 1e-5 * jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(a))  # else the Krylov space closed
-        Q = Q.at[j + 1].set(jnp.where(alive, w / jnp.where(alive, b, 1.0), 0.0))
-        return Q, alphas.at[j].set(a), betas.at[j].set(jnp.where(alive, b, 0.0))
-
-    Q = jnp.zeros((k + 1, n), v.dtype).at[0].set(q0)
-    Q, alphas, betas = jax.lax.fori_loop(0, k, body, (Q, jnp.zeros(k, v.dtype), jnp.zeros(k, v.dtype)))
-    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    lam, U = jnp.linalg.eigh(T)
-    coef = U @ (fn(lam) * U[0])
-    return (norm * (Q[:k].T @ coef)).reshape(v.shape)
+__all__ = ["ScaleSpaceDiffusion"]
 
 
 def _g_sqrt(rho_c2):

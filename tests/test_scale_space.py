@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 
 import cloudjax as cj
-from cloudjax.scale_space import (
-    ScaleSpaceDiffusion,
-    change_steps,
-    degrade,
-    downsample,
-    downsample_transpose,
-    level_schedule,
-)
+from cloudjax.resolution import change_steps, degrade, downsample, downsample_transpose, level_schedule
+from cloudjax.scale_space import ScaleSpaceDiffusion
 from cloudjax.spectral import rfft_real
 
 
