@@ -642,7 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
-    p.add_argument("--merge", nargs="+", metavar="DIR", help="merge the --out folders of runs over other datasets")
+    merge = "merge the --out folders of runs over other datasets, samplers or variants"
+    p.add_argument("--merge", nargs="+", metavar="DIR", help=merge)
     p.add_argument("--train-only", action="store_true", help="train (or resume) every model, then exit")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -721,30 +722,34 @@ def plot_all(result: dict, out: Path) -> None:
         plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
 
 
-MERGE_FREE = {"datasets", "out", "load_average_start", "load_average_end"}  # config keys that may differ between parts
+# config keys that may differ between the parts of one study
+MERGE_FREE = {"datasets", "samplers", "variants", "out", "load_average_start", "load_average_end"}
 
 
 def merge(parts: list[Path], out: Path) -> dict:
-    """One study from runs over disjoint datasets with otherwise equal settings (e.g. one process per core): the
-    rows, floors, training summaries and bootstrap replicates of every part, the headline and plots redone."""
+    """One study from runs over other datasets, samplers or variants with otherwise equal settings (one process per
+    core, or a part measured later): the rows, floors, training summaries and bootstrap replicates of every part (a row
+    measured by two parts is refused), the headline and plots redone."""
     out.mkdir(parents=True, exist_ok=True)
     result, replicates = None, {}
     for part in parts:
         piece = json.loads((part / "white_vs_cloud.json").read_text())
         if result is None:
             result = {key: {} for key in ("datasets", "floor", "floor_ci95", "training")}
-            result.update(config=dict(piece["config"], datasets=[]), rows=[])
+            result.update(config=dict(piece["config"], datasets=[], samplers=[], variants=[]), rows=[])
         differ = {k for k in piece["config"].keys() | result["config"].keys() if k not in MERGE_FREE}
         differ = {k for k in differ if piece["config"].get(k) != result["config"].get(k)}
         if differ:
             raise ValueError(f"{part}: settings differ from the first part's: {sorted(differ)}")
-        if set(piece["datasets"]) & set(result["datasets"]):
-            raise ValueError(f"{part}: a dataset already merged from another part")
+        row_id = lambda r: (r["dataset"], r["variant"], r["sampler"], r["nfe"])
+        if {row_id(r) for r in piece["rows"]} & {row_id(r) for r in result["rows"]}:
+            raise ValueError(f"{part}: rows already merged from another part")
         with np.load(part / "white_vs_cloud_bootstrap.npz") as draws:
             for name in draws.files:
                 row, metric = name.split("/", 1)
                 replicates.setdefault(len(result["rows"]) + int(row), {})[metric] = draws[name]
-        result["config"]["datasets"] += piece["config"]["datasets"]
+        for name in ("datasets", "samplers", "variants"):
+            result["config"][name] += [v for v in piece["config"][name] if v not in result["config"][name]]
         result["rows"] += piece["rows"]
         for key in ("datasets", "floor", "floor_ci95", "training"):
             result[key] |= piece[key]

@@ -94,6 +94,8 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     shutil.copy(other / "white_vs_cloud_bootstrap.npz", tmp_path / "changed")
     with pytest.raises(ValueError, match="seed"):
         wvc.merge([out, tmp_path / "changed"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="already merged"):
+        wvc.merge([out, other, out], tmp_path / "bad")
 
 
 def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
