@@ -46,14 +46,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW with linear warm-up and cosine / linear / no decay."""
     horizon = max(config.decay_steps or config.steps, config.warmup_steps + 1)
     end = config.lr * config.final_lr_ratio
-    warmup = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
     if config.decay == "cosine":
-        after = optax.cosine_decay_schedule(config.lr, horizon - config.warmup_steps, alpha=config.final_lr_ratio)
-    elif config.decay == "linear":
-        after = optax.linear_schedule(config.lr, end, horizon - config.warmup_steps)
-    else:
-        after = optax.constant_schedule(config.lr)
-    lr = optax.join_schedules([warmup, after], [config.warmup_steps]) if config.warmup_steps else after
+        lr = optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup_steps, horizon, end_value=end)
+    else:  # optax has no warm-up + linear decay, and its warm-up + constant is not constant at warmup_steps = 0
+        warmup = optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1))
+        if config.decay == "linear":
+            after = optax.linear_schedule(config.lr, end, horizon - config.warmup_steps)
+        else:
+            after = optax.constant_schedule(config.lr)
+        lr = optax.join_schedules([warmup, after], [config.warmup_steps]) if config.warmup_steps else after
     return optax.chain(
         optax.clip_by_global_norm(config.clip_norm),
         optax.adamw(lr, weight_decay=config.weight_decay),
