@@ -736,7 +736,7 @@ def merge(parts: list[Path], out: Path) -> dict:
         piece = json.loads((part / "white_vs_cloud.json").read_text())
         if result is None:
             result = {key: {} for key in ("datasets", "floor", "floor_ci95", "training")}
-            result.update(config=dict(piece["config"], datasets=[], samplers=[], variants=[]), rows=[])
+            result.update(config=dict(piece["config"], datasets=[], samplers=[], variants=[], out=str(out)), rows=[])
         differ = {k for k in piece["config"].keys() | result["config"].keys() if k not in MERGE_FREE}
         differ = {k for k in differ if piece["config"].get(k) != result["config"].get(k)}
         if differ:
