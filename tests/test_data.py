@@ -335,7 +335,7 @@ def test_bad_image_size_and_channels_raise():
 
 
 def test_cli_data_flags_open_the_source_and_turn_bad_data_into_usage_errors(tmp_path):
-    from cloudjax.cli import UsageError, _add_data_args, _open_data, _Parser
+    from cloudjax.cli._common import UsageError, _add_data_args, _open_data, _Parser
 
     parser = _Parser(prog="t")
     _add_data_args(parser)
