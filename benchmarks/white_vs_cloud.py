@@ -722,8 +722,11 @@ def plot_all(result: dict, out: Path) -> None:
         plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
 
 
-# config keys that may differ between the parts of one study
-MERGE_FREE = {"datasets", "samplers", "variants", "out", "load_average_start", "load_average_end"}
+# the config lists a study's parts may split, the other config keys that may differ between them, and the
+# per-dataset sections of the result
+MERGED_LISTS = ("datasets", "samplers", "variants")
+MERGE_FREE = {*MERGED_LISTS, "out", "load_average_start", "load_average_end"}
+SECTIONS = ("datasets", "floor", "floor_ci95", "training")
 
 
 def merge(parts: list[Path], out: Path) -> dict:
@@ -735,8 +738,8 @@ def merge(parts: list[Path], out: Path) -> dict:
     for part in parts:
         piece = json.loads((part / "white_vs_cloud.json").read_text())
         if result is None:
-            result = {key: {} for key in ("datasets", "floor", "floor_ci95", "training")}
-            result.update(config=dict(piece["config"], datasets=[], samplers=[], variants=[], out=str(out)), rows=[])
+            result = {key: {} for key in SECTIONS}
+            result.update(config=dict(piece["config"], out=str(out), **{n: [] for n in MERGED_LISTS}), rows=[])
         differ = {k for k in piece["config"].keys() | result["config"].keys() if k not in MERGE_FREE}
         differ = {k for k in differ if piece["config"].get(k) != result["config"].get(k)}
         if differ:
@@ -748,10 +751,10 @@ def merge(parts: list[Path], out: Path) -> dict:
             for name in draws.files:
                 row, metric = name.split("/", 1)
                 replicates.setdefault(len(result["rows"]) + int(row), {})[metric] = draws[name]
-        for name in ("datasets", "samplers", "variants"):
+        for name in MERGED_LISTS:
             result["config"][name] += [v for v in piece["config"][name] if v not in result["config"][name]]
         result["rows"] += piece["rows"]
-        for key in ("datasets", "floor", "floor_ci95", "training"):
+        for key in SECTIONS:
             result[key] |= piece[key]
         for sheet in part.glob("white_vs_cloud_*_samples.png"):
             shutil.copyfile(sheet, out / sheet.name)
