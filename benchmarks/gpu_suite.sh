@@ -18,9 +18,9 @@
 #   white vs cloud, 2 datasets × 4 variants (8 runs):
 #     train-step compiles, one per run ........................ 160   (~20 s each)
 #     training, TRAIN_S ....................................... 100   (steps from the step time measured above)
-#     sampler compiles: 6 diffusions × 3 samplers × 6 NFEs ...  ~110  (~1 s each; one program per NFE)
+#     sampler compiles: 6 diffusions × 3 samplers ...........   ~20  (~1 s each; one program whatever the NFE)
 #     sampling 1024 images × 435 NFE × 3 samplers × 8 models .   ~30  (batches of 512, a few ms a forward)
-#   total .................................................... 570   the study gets what is left of 570 s
+#   total .................................................... 480   of 570 s: the study gets what is left of 570 s
 # A GPU machine allows 600 s per command; the machine's start (1–2 min) comes on top. Compiles, not arithmetic,
 # fill the study's time at this size: more training steps cost little once compiled (TRAIN_S=... to change it).
 # VARIANTS, SAMPLERS and TRAIN_S can be set in the environment.
