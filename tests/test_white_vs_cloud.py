@@ -6,9 +6,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+
+from cloudjax import study
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "white_vs_cloud.py"
 
@@ -111,8 +112,8 @@ def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16
     assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
     assert config["decay_steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
     assert config["ema_decay"] == wvc.TINY["ema_decay"]
-    for fraction in wvc.EMA_AT:  # one run, its EMA kept at 25 %, 50 % and 100 % of the steps
-        with np.load(wvc.ema_path(folder, fraction)) as ema:
+    for fraction in study.EMA_AT:  # one run, its EMA kept at 25 %, 50 % and 100 % of the steps
+        with np.load(study.ema_path(folder, fraction)) as ema:
             assert int(ema["__step__"]) == round(fraction * wvc.TINY["train_steps"])
             assert all(ema[k].dtype == np.uint16 for k in ema.files if k != "__step__")  # bfloat16 bit patterns
     training = json.loads((folder / "training.json").read_text())
@@ -136,47 +137,6 @@ def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16
     again = wvc.main(args)["rows"]
     assert not (folder / "checkpoints").exists(), "reloading the EMA must not train again"
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
-
-
-@pytest.mark.parametrize("tail, plateau", [(0.0, True), (0.01, True), (0.05, False)])
-def test_loss_summary_calls_a_plateau_by_the_last_fifth_of_the_steps(wvc, tmp_path, tail, plateau):
-    """A loss that falls fast and then by ``tail`` (relative) over the last 20 % of the steps; noise is smoothed."""
-    rng = np.random.default_rng(0)
-    steps = np.arange(50, 10_001, 50)
-    loss = 0.3 + 0.7 * np.exp(-steps / 800) - tail * 0.3 * np.clip((steps - 8000) / 2000, 0, 1)
-    loss = loss * (1 + 0.01 * rng.standard_normal(len(steps)))
-    path = tmp_path / "metrics.jsonl"
-    path.write_text(
-        "".join(json.dumps({"step": int(s), "loss": float(v)}) + "\n" for s, v in zip(steps, loss, strict=True))
-    )
-    summary = wvc.loss_summary(path, batch_size=64)
-    assert summary["steps"] == 10_000 and summary["images"] == 640_000 and summary["plateau"] is plateau
-    assert summary["loss_first"] > summary["loss_at_80pct"] >= summary["loss_final"] * (1 - 0.01)
-
-
-def test_bf16_ema_round_trips_the_unet_parameters(wvc, tmp_path):
-    from flax import nnx
-
-    from cloudjax.models import UNet
-    from cloudjax.train import TrainConfig
-
-    config = TrainConfig(model="tiny", image_size=8)
-    rng = np.random.default_rng(0)  # host arrays: eager jax would compile an op per parameter shape
-    abstract = nnx.state(nnx.eval_shape(lambda: UNet(config.unet_config(), rngs=nnx.Rngs(0))))
-    params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), abstract)
-    wvc.save_ema(tmp_path / "ema.npz", params, 7)
-    _, loaded, step = wvc.load_ema(tmp_path / "ema.npz", config)
-    assert step == 7
-    for a, b in zip(jax.tree.leaves(wvc.as_bf16(params)), jax.tree.leaves(loaded), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # rounding to bfloat16 keeps 8 significant bits, not more
-    errors = [
-        np.max(np.abs(np.asarray(a) - np.asarray(b)) / (np.abs(np.asarray(a)) + 1e-30))
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True)
-    ]
-    assert 0 < max(errors) <= 2**-8
-    with pytest.raises(ValueError, match="tiny UNet"):
-        wvc.load_ema(tmp_path / "ema.npz", TrainConfig(model="tiny", image_size=8, channels=3))
 
 
 def test_headline_finds_the_first_nfe_that_matches_white(wvc):
@@ -217,18 +177,6 @@ def test_headline_threshold_and_ratio_interval_come_from_the_bootstrap(wvc):
     exact = {i: {"swd_mean": np.full(400, r["metrics"]["swd_mean"])} for i, r in enumerate(rows)}
     entry = wvc.headline(rows, exact)["d"]["cloud"]["ddim"]["swd_mean"]
     assert entry["threshold"] == 0.2 and entry["ratio"] == 2 and entry["ratio_ci95"] == [2, 2]
-
-
-def test_score_intervals_are_centred_on_the_measured_value(wvc):
-    """Bootstrap replicates of a distance are shifted by the bootstrap's bias: the interval brackets the value."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(64, 8, 8, 1)).astype(np.float32)
-    y = np.clip(x[::-1] * 0.8 + 0.1, 0, 1)
-    values, draws = wvc.score(wvc.features(x, None), y, jax.random.key(0), None, swd_patches=256, bootstrap=20)
-    for metric, v in draws.items():
-        assert v.shape == (20,) and np.isclose(v.mean(), values[metric])
-        low, high = wvc.interval(v)
-        assert low <= values[metric] <= high and high > low, metric
 
 
 def test_summary_takes_whites_best_over_samplers_and_the_variant_that_matches_soonest(wvc):

@@ -1,0 +1,347 @@
+"""Studies: a held-out split, training to a plateau with bfloat16 EMA snapshots, and scores with intervals.
+
+What the converged studies (``benchmarks/white_vs_cloud.py``, ``experiments/processes.py``) share:
+
+* :func:`load_dataset` — training images and two disjoint held-out sets of ``num`` images: ``ref`` to score
+  against and ``ref2`` for the real-vs-real floor (differences below it are sampling noise).
+* :func:`train_stages` — one run of :func:`cloudjax.train.train` cut at 25 %, 50 % and 100 % of its steps
+  (:data:`EMA_AT`), its EMA saved at each in bfloat16 (:func:`save_ema`, a few hundred kB for ``tiny``, no
+  pickle), so a study re-samples from committed weights without a checkpoint; :func:`loss_summary` and its
+  plateau rule (the EMA-smoothed loss fell by less than 2 % over the last 20 % of the steps).
+* :func:`score` — every metric of :mod:`cloudjax.metrics` with ``bootstrap`` resamplings of both sets, and
+  :func:`interval` — their 95 % percentile interval.
+* :func:`draw` — samples from the same starting keys for every sampler and NFE, seconds per image timed without
+  the compile; :func:`plot_samples` — sample sheets beside the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cloudjax import metrics
+from cloudjax.spectral import rfft_real
+from cloudjax.stats import fit_power_law
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "EMA_AT",
+    "ema_path",
+    "save_ema",
+    "load_ema",
+    "as_bf16",
+    "train_stages",
+    "loss_summary",
+    "get_classifier",
+    "features",
+    "measure",
+    "score",
+    "interval",
+    "draw",
+    "plot_samples",
+    "device_name",
+]
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Training images, two disjoint held-out sets of ``num`` images (``ref`` for scores, ``ref2`` for the floor),
+    the training labels (or None), the per-pixel mean and the scalar std, the Π-space variance of the normalised
+    training data ``(x − mean) / std`` and its fitted Δ."""
+
+    name: str
+    train: np.ndarray
+    labels: np.ndarray | None
+    ref: np.ndarray
+    ref2: np.ndarray
+    mean: np.ndarray  # (H, W, C) per-pixel mean of the training images
+    std: float
+    fourier_variance: np.ndarray
+    delta: float
+
+
+def load_dataset(spec: str, image_size: int, num: int, max_train: int, data_dir: str | None, seed: int) -> Dataset:
+    """Open the ``--data`` spec ``spec`` (grey); its last ``2 · num`` examples are held out."""
+    from cloudjax.data.pipeline import open_source
+
+    source = open_source(spec, image_size, channels=1, data_dir=data_dir, seed=seed)
+    kind, _, arg = spec.partition(":")
+    n = source.num_examples
+    if n < 2 * num + 2:
+        raise SystemExit(f"error: {spec} has {n} images, needs more than 2 × {num} held out")
+    train_idx = np.arange(min(n - 2 * num, max_train))
+    try:
+        labels = source.get_labels(train_idx)
+    except ValueError:
+        labels = None
+    train = source.get(train_idx)
+    mean, std = train.mean(axis=0), float(train.std())
+    pi = np.asarray(rfft_real((train[:4096] - mean) / std))
+    return Dataset(
+        name=Path(arg).stem if kind in ("npz", "folder") else spec.replace(":", "_"),
+        train=train,
+        labels=labels,
+        ref=source.get(np.arange(n - 2 * num, n - num)),
+        ref2=source.get(np.arange(n - num, n)),
+        mean=mean,
+        std=std,
+        fourier_variance=pi.var(axis=0).mean(axis=-1),
+        delta=float(fit_power_law(train[:4096]).delta),
+    )
+
+
+# --- training in stages -------------------------------------------------------------------------------------------
+
+EMA_AT = (0.25, 0.5, 1.0)  # fractions of the steps whose EMA is kept: scoring them shows the metrics settled
+
+
+def ema_path(workdir: Path, fraction: float) -> Path:
+    """``ema_bf16.npz`` for the finished run, ``ema_bf16_25pct.npz`` etc. for the earlier stages."""
+    return Path(workdir) / ("ema_bf16.npz" if fraction == 1 else f"ema_bf16_{round(100 * fraction)}pct.npz")
+
+
+def save_ema(path: Path, ema, step: int) -> None:
+    """The EMA parameters rounded to bfloat16 (stored as their uint16 bit patterns, no pickle) and the step."""
+    leaves = jax.tree_util.tree_flatten_with_path(ema)[0]
+    arrays = {jax.tree_util.keystr(k): np.asarray(v, jnp.bfloat16).view(np.uint16) for k, v in leaves}
+    np.savez(path, __step__=step, **arrays)
+
+
+def load_ema(path: Path, config) -> tuple:
+    """``(graphdef, params, step)``: the network of ``config`` with the float32 parameters saved by
+    :func:`save_ema`."""
+    from flax import nnx
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    with np.load(path) as stored:
+        shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in paths}
+        if {k: stored[k].shape for k in stored.files if k != "__step__"} != shapes:
+            raise ValueError(f"{path} does not hold the parameters of this {config.model} network")
+        leaves = [stored[name].view(jnp.bfloat16).astype(np.float32) for name in shapes]
+        step = int(stored["__step__"])
+    return graphdef, jax.tree.unflatten(treedef, leaves), step
+
+
+def as_bf16(params):
+    """``params`` rounded to bfloat16 and back (on the host): what a saved EMA holds, so fresh and reloaded runs
+    sample alike."""
+    return jax.tree.map(lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32), params)
+
+
+def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.0) -> tuple:
+    """``(run, graphdef, bf16 EMA params)`` of ``config`` trained on ``images`` for ``fraction`` of its steps.
+
+    A stage whose ``ema_bf16*.npz`` exists is loaded; otherwise the stages of :data:`EMA_AT` up to ``fraction``
+    are trained or resumed in turn (``config.decay_steps`` is the whole run, so the stages are one run cut in
+    three) and each EMA saved; ``training.json`` beside them summarises the loss curve (:func:`loss_summary`).
+    """
+    from cloudjax.data.sources import ArraySource
+    from cloudjax.train import check_workdir, load_run, train
+
+    workdir = Path(workdir)
+    run = check_workdir(config, workdir)  # refuses a folder that holds a different run
+
+    def saved(stage: float):
+        path = ema_path(workdir, stage)
+        if run is None or not path.is_file():
+            return None
+        graphdef, params, step = load_ema(path, config)
+        return (graphdef, params) if step == round(stage * config.steps) else None
+
+    stages = [f for f in EMA_AT if f <= fraction]
+    done = saved(stages[-1])
+    for stage in [] if done else stages:
+        done = saved(stage)
+        if done is None:
+            steps = round(stage * config.steps)
+            source = ArraySource(images, config.image_size, config.channels)
+            train(dataclasses.replace(config, steps=steps), workdir, source=source)
+            run, graphdef, state = load_run(workdir)
+            save_ema(ema_path(workdir, stage), state.ema, int(state.step))
+            done = graphdef, as_bf16(state.ema)
+    if (workdir / "metrics.jsonl").is_file():
+        summary = loss_summary(workdir / "metrics.jsonl", config.batch_size)
+        (workdir / "training.json").write_text(json.dumps(summary, indent=1))
+    return run, *done
+
+
+def loss_summary(path: Path, batch_size: int, smoothing: float = 0.9, tolerance: float = 0.02) -> dict:
+    """The loss curve of ``metrics.jsonl`` (one record per ``log_every`` steps, each the mean loss since the last)
+    in a few numbers: first, at 80 % of the steps and final, EMA-smoothed (decay ``smoothing`` per record),
+    ``plateau``: the smoothed loss fell by less than ``tolerance`` (relative) over the last 20 % of the steps, and
+    ``seconds_per_image``: the median over records of the training time per image."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    steps = np.array([r["step"] for r in records])
+    smoothed, value = [], records[0]["loss"]
+    for r in records:
+        value = smoothing * value + (1 - smoothing) * r["loss"]
+        smoothed.append(value)
+    at80 = smoothed[int(np.searchsorted(steps, 0.8 * steps[-1]))]
+    rates = [r["images_per_s"] for r in records[1:] if r.get("images_per_s")]  # the first record compiles
+    return dict(
+        steps=int(steps[-1]),
+        batch_size=batch_size,
+        images=int(steps[-1]) * batch_size,
+        loss_first=records[0]["loss"],
+        loss_at_80pct=at80,
+        loss_final=smoothed[-1],
+        plateau=bool(at80 - smoothed[-1] < tolerance * at80),
+        seconds_per_image=1 / float(np.median(rates)) if rates else None,
+    )
+
+
+def get_classifier(data: Dataset, path: Path, steps: int, seed: int) -> metrics.Classifier | None:
+    """The feature classifier of labelled ``data``: loaded from ``path``, or trained ``steps`` steps and saved
+    there; None for unlabelled data."""
+    if data.labels is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return metrics.load_classifier(path)
+    model = metrics.train_classifier(data.train, data.labels, steps=steps, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics.save_classifier(model, path)
+    return model
+
+
+# --- scoring ------------------------------------------------------------------------------------------------------
+
+
+def features(images: np.ndarray, classifier, inception=None) -> dict[str, np.ndarray]:
+    """What the metrics read of a set of images ``(N, H, W, C)``, one row per image: the images themselves, their
+    radial log spectra and, with a classifier or Inception weights, their features (so a bootstrap resamples rows,
+    not networks)."""
+    out = {"images": images, "spectrum": np.asarray(metrics.fourier_features(images))}
+    if classifier is not None:
+        out["classifier"] = metrics.classifier_features(classifier, images)
+    if inception is not None:
+        out["inception"] = metrics.inception_features(images, inception)
+    return out
+
+
+def measure(fx: dict, fy: dict, key: jax.Array, swd_patches: int) -> dict[str, float]:
+    """Every metric of the set ``fy`` against the reference ``fx`` (:func:`features` of each, data units)."""
+    (x, y), (k_swd, k_hf) = (fx["images"], fy["images"]), jax.random.split(key)
+    swd = metrics.sliced_wasserstein(x, y, k_swd, num_patches=swd_patches)
+    result = {f"swd_{level}": float(v) for level, v in swd.items()}
+    result["spectral_distance"] = float(metrics.spectral_distance(x, y))
+    result["frechet_pixel"] = metrics.frechet_distance(x.reshape(len(x), -1), y.reshape(len(y), -1))
+    result["frechet_spectrum"] = metrics.frechet_distance(fx["spectrum"], fy["spectrum"])
+    if "classifier" in fx:
+        result["frechet_classifier"] = metrics.frechet_distance(fx["classifier"], fy["classifier"])
+    if "inception" in fx:
+        result["fid"] = metrics.frechet_distance(fx["inception"], fy["inception"])
+    result["high_frequency_accuracy"] = float(metrics.high_frequency_test(x, y, k_hf))
+    return result
+
+
+def score(
+    fx: dict, samples: np.ndarray, key: jax.Array, classifier, swd_patches: int, bootstrap: int = 0, inception=None
+):
+    """``(metrics, replicates)``: every metric of ``samples`` against the reference features ``fx``, plus the pixel
+    mean and std; and each metric over ``bootstrap`` resamplings (with replacement) of both sets, ``{metric:
+    (bootstrap,)}``, each with its own metric key — the spread of the metric over new sample and reference sets.
+
+    A resampled set repeats images, which inflates a distance between distributions (the Fréchet distances most:
+    repeated rows shrink the covariance); the replicates are therefore shifted by their mean's excess over the
+    measured value (the bootstrap's bias estimate), so that intervals are centred on what was measured.
+    """
+    fy = features(samples, classifier, inception)
+    result = measure(fx, fy, key, swd_patches) | {
+        "sample_mean": float(samples.mean()),
+        "sample_std": float(samples.std()),
+    }
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    draws = []
+    for b in range(bootstrap):
+        ix, iy = rng.integers(0, len(fx["images"]), len(fx["images"])), rng.integers(0, len(samples), len(samples))
+        take = lambda f, i: {k: v[i] for k, v in f.items()}
+        draws.append(measure(take(fx, ix), take(fy, iy), jax.random.fold_in(key, b), swd_patches))
+    replicates = {m: np.array([d[m] for d in draws]) for m in (draws[0] if draws else {})}
+    return result, {m: v - (v.mean() - result[m]) for m, v in replicates.items()}
+
+
+def interval(replicates: np.ndarray, level: float = 0.95) -> list[float]:
+    """The percentile bootstrap interval ``[low, high]`` of a metric's replicates (NaN ones left out)."""
+    tail = 50 * (1 - level)
+    return [float(v) for v in np.nanpercentile(replicates, [tail, 100 - tail], method="nearest")]
+
+
+# --- sampling -----------------------------------------------------------------------------------------------------
+
+# A model draws ``num`` samples in data units: ``model(key, num, steps, method, t_start) -> (num, H, W, C)``.
+Model = Callable[[jax.Array, int, int, str, float], np.ndarray]
+
+
+def draw(model: Model, sampler: str, steps: int, t_start: float, batch: int, num: int, seed: int):
+    """``num`` samples in data units clipped to the data's range [0, 1] (as any saved image is), the fraction of
+    pixels that fell outside it, and the seconds per image, compile time excluded.
+
+    Batch i starts from ``fold_in(key(seed), i)``, the same for every sampler and step count of a model. Batch 0
+    also compiles, so the clock runs over the others (or over batch 0 again when there is only one).
+    """
+    import time
+
+    run = lambda i: model(jax.random.fold_in(jax.random.key(seed), i), batch, steps, sampler, t_start)
+    batches = [run(0)]
+    start = time.perf_counter()
+    batches += [run(i) for i in range(1, -(-num // batch))]
+    if len(batches) == 1:
+        start = time.perf_counter()
+        run(0)
+    seconds = (time.perf_counter() - start) / (batch * max(len(batches) - 1, 1))
+    samples = np.concatenate(batches)[:num]
+    return np.clip(samples, 0, 1), float(np.mean((samples < 0) | (samples > 1))), seconds
+
+
+def _tile(images: np.ndarray, n: int = 4) -> np.ndarray:
+    """The first n² images ``(N, H, W, 1)`` as one ``(nH, nW)`` grid, clipped to [0, 1] for display."""
+    x = np.clip(images[: n * n, ..., 0], 0, 1)
+    x = np.concatenate([x, np.zeros((n * n - len(x), *x.shape[1:]))])
+    H, W = x.shape[1:]
+    return x.reshape(n, n, H, W).transpose(0, 2, 1, 3).reshape(n * H, n * W)
+
+
+def plot_samples(real: np.ndarray, sheets: dict[tuple[str, int], np.ndarray], path: Path) -> None:
+    """Real images, then one row per model and one column per NFE (same starting noise along a row)."""
+    from cloudjax.plots import new_figure
+
+    names = list(dict.fromkeys(v for v, _ in sheets))
+    nfes = sorted({n for _, n in sheets})
+    fig = new_figure(figsize=(2.2 * (len(nfes) + 1), 2.3 * len(names)))
+    axes = fig.subplots(len(names), len(nfes) + 1, squeeze=False)
+    for row, name in enumerate(names):
+        axes[row, 0].imshow(_tile(real), cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_title("data", fontsize=8)
+        for col, nfe in enumerate(nfes, start=1):
+            if (name, nfe) in sheets:
+                axes[row, col].imshow(_tile(sheets[(name, nfe)]), cmap="gray", vmin=0, vmax=1)
+                axes[row, col].set_title(f"{name}, NFE {nfe}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def device_name() -> str:
+    """The accelerator's kind, or the CPU's model name and core count: what the timings ran on."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return device.device_kind
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    return f"{name or platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"

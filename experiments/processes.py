@@ -1,0 +1,299 @@
+"""Every process of cloudjax trained to its plateau on one dataset: generation and restoration with intervals.
+
+One network family (the ``tiny`` UNet, its Flexi-UNet for scale space), one budget and one seed for every model;
+each trains with :func:`cloudjax.study.train_stages` (EMA kept in bfloat16 at 25 / 50 / 100 % of the steps, the
+plateau rule of the white-vs-cloud study) on the training split of :func:`cloudjax.study.load_dataset`:
+
+* generation — ``ddpm`` (Gaussian, white noise, v prediction: also Cold Diffusion's "hot" baseline),
+  ``scale_space_2`` / ``scale_space_3`` (Mukhopadhyay et al., 2 and 3 levels), ``blurring`` (Hoogeboom &
+  Salimans: DCT heat equation, sin² schedule) and ``cold_blur`` (Bansal et al.: blur to the per-channel mean,
+  Algorithm 2 from the mixture prior); each sampled ``--num-samples`` times per sampler and step count and scored
+  against held-out images with every metric of :mod:`cloudjax.metrics` (95 % bootstrap intervals), plus the
+  classifier's confidence and class histogram, the pixel mean and std, and seconds per image;
+* restoration — ``restore_blur``, ``restore_mask``, ``restore_downsample`` (Cold Diffusion): held-out images
+  degraded to D(x0, T) and restored by the direct estimate, Algorithm 1 and Algorithm 2; RMSE and SSIM on [0, 1]
+  pixels with intervals, and the paired interval of Algorithm 2's gain over each other method.
+
+    python experiments/processes.py                       # experiments/results/processes_cpu/processes.json
+    python experiments/processes.py --train-only --models ddpm blurring   # train (or resume) these, then exit
+    python experiments/processes.py --quick --out /tmp/p  # seconds: tiny data, model and counts
+
+A model whose ``ema_bf16.npz`` is in ``--workdir`` only samples, so the committed weights regenerate the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cloudjax.generate import RESTORATIONS, generate, restore
+from cloudjax.study import (
+    EMA_AT,
+    device_name,
+    draw,
+    features,
+    get_classifier,
+    interval,
+    load_dataset,
+    plot_samples,
+    score,
+    train_stages,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model of the study: its process settings (``TrainConfig`` fields) and how it is sampled — ``(sampler,
+    steps)`` pairs, ``steps`` None for the process's own (cold: T) — or, with ``restores``, the restoration table."""
+
+    settings: dict
+    sampling: tuple[tuple[str, int | None], ...] = (("ddim", 49), ("ddpm", 249))
+    restores: bool = False
+
+
+MODELS = {
+    "ddpm": Model(dict(process="gaussian", prediction="v")),
+    "scale_space_2": Model(dict(process="scale_space", levels=2)),
+    "scale_space_3": Model(dict(process="scale_space", levels=3)),
+    "blurring": Model(dict(process="blurring")),
+    "cold_blur": Model(dict(process="cold", degradation="blur", generation=True), sampling=(("cold", None),)),
+    "restore_blur": Model(dict(process="cold", degradation="blur"), restores=True),
+    "restore_mask": Model(dict(process="cold", degradation="mask"), restores=True),
+    "restore_downsample": Model(dict(process="cold", degradation="downsample"), restores=True),
+}
+QUICK = dict(
+    data="patches:300",
+    image_size=8,
+    models=["ddpm", "scale_space_2", "cold_blur", "restore_mask"],
+    train_steps=8,
+    train_batch=8,
+    ema_decay=0.9,
+    num_samples=16,
+    num_ref=16,
+    bootstrap=3,
+    swd_patches=256,
+    classifier_steps=20,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a seconds-long check: tiny data, model and counts")
+    p.add_argument("--data", default="fashion_mnist", help="a --data spec (grey)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--model", default="tiny", help="UNet preset (scale space: its Flexi-UNet)")
+    p.add_argument("--train-steps", type=int, default=8000)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 10 %%)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--num-samples", type=int, default=512, help="samples per row, held-out images per table")
+    p.add_argument("--num-ref", type=int, default=1024, help="held-out images scored against")
+    p.add_argument("--sample-batch", type=int, default=512)
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamplings for the 95%% intervals")
+    p.add_argument("--swd-patches", type=int, default=4096)
+    p.add_argument("--classifier", default=None, help="feature classifier .npz (trained and saved if missing)")
+    p.add_argument("--classifier-steps", type=int, default=2000)
+    p.add_argument("--workdir", default="experiments/results/processes_cpu/runs", help="training runs go here")
+    p.add_argument("--out", default="experiments/results/processes_cpu")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) the models, then exit")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
+    if args.num_ref < args.num_samples:
+        p.error("--num-ref must be >= --num-samples")
+    return args
+
+
+def train_config(name: str, args: argparse.Namespace):
+    """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network, budget and seed."""
+    from cloudjax.train import TrainConfig
+
+    return TrainConfig(
+        data=args.data,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        channels=1,
+        model=args.model,
+        batch_size=args.train_batch,
+        steps=args.train_steps,
+        decay_steps=args.train_steps,
+        lr=args.lr,
+        warmup_steps=min(500, args.train_steps // 10),
+        checkpoint_every=min(args.train_steps, 1000),
+        log_every=min(args.train_steps, 50),
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        **MODELS[name].settings,
+    )
+
+
+def class_scores(classifier, images: np.ndarray, bootstrap: int, rng: np.random.Generator) -> dict:
+    """The classifier's mean confidence (largest softmax probability) with its interval, and the fraction of
+    ``images`` assigned to each class."""
+    from cloudjax.models.classifier import classifier_features
+
+    logits = classifier.head(jnp.asarray(classifier_features(classifier, images)))
+    probs = np.asarray(jax.nn.softmax(logits))
+    confidence = probs.max(axis=1)
+    draws = [confidence[rng.integers(0, len(confidence), len(confidence))].mean() for _ in range(bootstrap)]
+    histogram = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
+    return {
+        "confidence": float(confidence.mean()),
+        "confidence_ci95": interval(np.array(draws)) if bootstrap else None,
+        "histogram": [float(h) for h in histogram],
+    }
+
+
+def rmse_ssim(images: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image RMSE and SSIM (scikit-image, data range 1) of ``(N, H, W, C)`` images against ``reference``,
+    both clipped to [0, 1]."""
+    from skimage.metrics import structural_similarity
+
+    x, y = np.clip(images, 0, 1), np.clip(reference, 0, 1)
+    rmse = np.sqrt(np.mean((x - y) ** 2, axis=(1, 2, 3)))
+    window = min(7, x.shape[1] - (x.shape[1] + 1) % 2)  # odd, at most the image
+    ssim = [
+        structural_similarity(a, b, data_range=1.0, channel_axis=-1, win_size=window) for a, b in zip(x, y, strict=True)
+    ]
+    return rmse, np.array(ssim)
+
+
+def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, rng: np.random.Generator) -> dict:
+    """``{method: {rmse, ssim, rmse_ci95, ssim_ci95}}`` over the held-out images, and ``algorithm2_gain``:
+    per other method, the paired mean of (its RMSE − Algorithm 2's) and (Algorithm 2's SSIM − its) with intervals
+    (both > 0 where Algorithm 2 is better)."""
+    per_image = {m: rmse_ssim(restored[m], restored["original"]) for m in RESTORATIONS[:-1]}
+    n = len(restored["original"])
+    draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
+    ci = lambda v: interval(np.array([v[i].mean() for i in draws])) if bootstrap else None  # noqa: E731
+    table = {
+        m: {"rmse": float(r.mean()), "ssim": float(s.mean()), "rmse_ci95": ci(r), "ssim_ci95": ci(s)}
+        for m, (r, s) in per_image.items()
+    }
+    r2, s2 = per_image["cold"]
+    table["algorithm2_gain"] = {
+        m: {
+            "rmse": float((r - r2).mean()),
+            "rmse_ci95": ci(r - r2),
+            "ssim": float((s2 - s).mean()),
+            "ssim_ci95": ci(s2 - s),
+        }
+        for m, (r, s) in per_image.items()
+        if m != "cold"
+    }
+    return table
+
+
+def restoration_figure(grids: dict[str, dict[str, np.ndarray]], path: Path, rows: int = 4) -> None:
+    """Per degradation ``rows`` images: degraded | direct | Algorithm 1 | Algorithm 2 | original."""
+    from cloudjax.plots import image_grid, new_figure
+
+    fig = new_figure(figsize=(6, 2.2 * len(grids)))
+    for i, (name, restored) in enumerate(grids.items()):
+        images = np.stack([np.clip(restored[k][:rows], 0, 1) for k in RESTORATIONS], 1)
+        ax = fig.add_subplot(len(grids), 1, i + 1)
+        grid = image_grid(images.reshape(-1, *images.shape[2:]), len(RESTORATIONS))
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{name}: " + " | ".join(RESTORATIONS), fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out, workdir = Path(args.out), Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(args.data, args.image_size, args.num_ref, 1_000_000, args.data_dir, args.seed)
+    config = dict(vars(args), device=device_name(), jax=jax.__version__, load_average_start=os.getloadavg()[0])
+    trained = {name: train_stages(train_config(name, args), workdir / name, data.train) for name in args.models}
+    if args.train_only:
+        return {}
+
+    classifier_path = args.classifier or out / f"classifier_{data.name}_{args.image_size}.npz"
+    classifier = get_classifier(data, classifier_path, args.classifier_steps, args.seed)
+    reference = features(data.ref, classifier)
+    key, rng = jax.random.key(args.seed), np.random.default_rng(args.seed)
+    measured = lambda x: score(reference, x, key, classifier, args.swd_patches, args.bootstrap)  # noqa: E731
+    floor, draws = measured(data.ref2[: args.num_samples])
+    result = {
+        "config": config,
+        "dataset": dict(spec=args.data, name=data.name, train_images=len(data.train), held_out=2 * len(data.ref)),
+        "floor": floor,
+        "floor_ci95": {m: interval(v) for m, v in draws.items()},
+        "training": {},
+        "rows": [],
+        "restoration": {},
+    }
+    if classifier is not None:
+        result["floor_classes"] = class_scores(classifier, data.ref2[: args.num_samples], args.bootstrap, rng)
+    sheets, grids = {}, {}
+
+    def scored(model, sampler: str, steps: int | None) -> tuple[dict, np.ndarray]:
+        """One sampler's samples of ``model`` and their scores (NFE: network calls, the Gaussian-family samplers
+        denoise once more after the last step)."""
+        run, graphdef, params = model
+        sample = lambda k, num, s, method, _: generate(run, graphdef, params, k, num, steps=s, method=method)  # noqa: E731
+        steps = run.diffusion.steps if steps is None else steps
+        batch = min(args.sample_batch, args.num_samples)
+        samples, clipped, seconds = draw(sample, sampler, steps, 1.0, batch, args.num_samples, args.seed)
+        values, draws = measured(samples)
+        entry = dict(
+            sampler=sampler,
+            nfe=steps if run.config.process == "cold" else steps + 1,
+            num_samples=len(samples),
+            metrics=values | {"sample_clipped": clipped},
+            metrics_ci95={m: interval(v) for m, v in draws.items()},
+            seconds_per_image=seconds,
+        )
+        if classifier is not None:
+            entry["classes"] = class_scores(classifier, samples, args.bootstrap, rng)
+        return entry, samples
+
+    for name in args.models:
+        spec, (run, graphdef, params) = MODELS[name], trained[name]
+        summary = json.loads((workdir / name / "training.json").read_text())
+        if spec.restores:
+            start = time.perf_counter()
+            restored = restore(run, graphdef, params, data.ref[: args.num_samples])
+            table = restoration_table(restored, args.bootstrap, rng)
+            table |= {"seconds_per_image": (time.perf_counter() - start) / args.num_samples, "T": run.diffusion.steps}
+            result["restoration"][run.config.degradation] = table
+            grids[run.config.degradation] = restored
+        else:
+            for sampler, steps in spec.sampling:
+                entry, samples = scored(trained[name], sampler, steps)
+                result["rows"].append(dict(dataset=data.name, process=run.config.process, variant=name, **entry))
+                sheets[(name, entry["nfe"])] = samples[:16]
+                print(json.dumps(result["rows"][-1] | {"metrics_ci95": None}), flush=True)
+            first = result["rows"][-len(spec.sampling)]  # the metrics, not only the loss, have settled
+            keep = ("sampler", "nfe", "metrics", "metrics_ci95")
+            summary["metrics_at"] = {"100%": {k: first[k] for k in keep}}
+            for fraction in EMA_AT[:-1]:
+                earlier = train_stages(train_config(name, args), workdir / name, data.train, fraction)
+                entry, _ = scored(earlier, *spec.sampling[0])
+                summary["metrics_at"][f"{round(100 * fraction)}%"] = {k: entry[k] for k in keep}
+        result["training"][name] = summary
+        result["config"]["load_average_end"] = os.getloadavg()[0]
+        (out / "processes.json").write_text(json.dumps(result, indent=1))
+    if sheets:
+        plot_samples(data.ref, sheets, out / "processes_samples.png")
+    if grids:
+        restoration_figure(grids, out / "processes_restoration.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
