@@ -122,9 +122,9 @@ def save_ema(path: Path, ema, step: int) -> None:
 def load_ema(path: Path, config) -> tuple:
     """``(graphdef, params, step)``: the network of ``config`` with the float32 parameters saved by
     :func:`save_ema`."""
-    from flax import nnx
+    from cloudjax.train.state import network_shapes
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+    graphdef, abstract = network_shapes(config)
     paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     with np.load(path) as stored:
         shapes = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in paths}

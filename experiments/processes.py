@@ -51,12 +51,15 @@ from cloudjax.study import (
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A model of the study: its process settings (``TrainConfig`` fields) and how it is sampled — ``(sampler,
-    steps)`` pairs, ``steps`` None for the process's own (cold: T) — or, with ``restores``, the restoration table."""
+    """A model of the study: its process settings (``TrainConfig`` fields) and its samplers, or, with
+    ``restores``, the restoration table."""
 
     settings: dict
-    sampling: tuple[tuple[str, int | None], ...] = (("ddim", 49), ("ddpm", 249))
+    samplers: tuple[str, ...] = ("ddim", "ddpm")
     restores: bool = False
+
+
+STEPS = {"ddim": 49, "ddpm": 249}  # sampler steps (NFE 50 and 250); a sampler not listed takes the process's own
 
 
 MODELS = {
@@ -64,7 +67,7 @@ MODELS = {
     "scale_space_2": Model(dict(process="scale_space", levels=2)),
     "scale_space_3": Model(dict(process="scale_space", levels=3)),
     "blurring": Model(dict(process="blurring")),
-    "cold_blur": Model(dict(process="cold", degradation="blur", generation=True), sampling=(("cold", None),)),
+    "cold_blur": Model(dict(process="cold", degradation="blur", generation=True), samplers=("cold",)),
     "restore_blur": Model(dict(process="cold", degradation="blur"), restores=True),
     "restore_mask": Model(dict(process="cold", degradation="mask"), restores=True),
     "restore_downsample": Model(dict(process="cold", degradation="downsample"), restores=True),
@@ -72,7 +75,7 @@ MODELS = {
 QUICK = dict(
     data="patches:300",
     image_size=8,
-    models=["ddpm", "scale_space_2", "cold_blur", "restore_mask"],
+    models=["ddpm", "cold_blur", "restore_mask"],
     train_steps=8,
     train_batch=8,
     ema_decay=0.9,
@@ -81,6 +84,7 @@ QUICK = dict(
     bootstrap=3,
     swd_patches=256,
     classifier_steps=20,
+    steps=["ddim=2", "ddpm=2"],
 )
 
 
@@ -106,11 +110,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default="experiments/results/processes_cpu/runs", help="training runs go here")
     p.add_argument("--out", default="experiments/results/processes_cpu")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the models, then exit")
+    p.add_argument("--steps", nargs="+", default=[], metavar="SAMPLER=N", help=f"sampler steps (default {STEPS})")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
+    try:
+        args.steps = STEPS | {k: int(n) for k, _, n in (s.partition("=") for s in args.steps)}
+    except ValueError:
+        p.error("--steps takes SAMPLER=N pairs")
     if args.num_ref < args.num_samples:
         p.error("--num-ref must be >= --num-samples")
     return args
@@ -241,12 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["floor_classes"] = class_scores(classifier, data.ref2[: args.num_samples], args.bootstrap, rng)
     sheets, grids = {}, {}
 
-    def scored(model, sampler: str, steps: int | None) -> tuple[dict, np.ndarray]:
+    def scored(model, sampler: str) -> tuple[dict, np.ndarray]:
         """One sampler's samples of ``model`` and their scores (NFE: network calls, the Gaussian-family samplers
         denoise once more after the last step)."""
         run, graphdef, params = model
         sample = lambda k, num, s, method, _: generate(run, graphdef, params, k, num, steps=s, method=method)  # noqa: E731
-        steps = run.diffusion.steps if steps is None else steps
+        steps = args.steps[sampler] if sampler in args.steps else run.diffusion.steps
         batch = min(args.sample_batch, args.num_samples)
         samples, clipped, seconds = draw(sample, sampler, steps, 1.0, batch, args.num_samples, args.seed)
         values, draws = measured(samples)
@@ -273,17 +282,17 @@ def main(argv: list[str] | None = None) -> dict:
             result["restoration"][run.config.degradation] = table
             grids[run.config.degradation] = restored
         else:
-            for sampler, steps in spec.sampling:
-                entry, samples = scored(trained[name], sampler, steps)
+            for sampler in spec.samplers:
+                entry, samples = scored(trained[name], sampler)
                 result["rows"].append(dict(dataset=data.name, process=run.config.process, variant=name, **entry))
                 sheets[(name, entry["nfe"])] = samples[:16]
                 print(json.dumps(result["rows"][-1] | {"metrics_ci95": None}), flush=True)
-            first = result["rows"][-len(spec.sampling)]  # the metrics, not only the loss, have settled
+            first = result["rows"][-len(spec.samplers)]  # the metrics, not only the loss, have settled
             keep = ("sampler", "nfe", "metrics", "metrics_ci95")
             summary["metrics_at"] = {"100%": {k: first[k] for k in keep}}
             for fraction in EMA_AT[:-1]:
                 earlier = train_stages(train_config(name, args), workdir / name, data.train, fraction)
-                entry, _ = scored(earlier, *spec.sampling[0])
+                entry, _ = scored(earlier, spec.samplers[0])
                 summary["metrics_at"][f"{round(100 * fraction)}%"] = {k: entry[k] for k in keep}
         result["training"][name] = summary
         result["config"]["load_average_end"] = os.getloadavg()[0]

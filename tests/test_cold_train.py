@@ -1,14 +1,11 @@
-"""Cold runs end to end: `experiments/cold_diffusion.py --quick` trains a tiny blur-generation model through
-`cloudjax.train` and writes its table; on that run the L1 loss falls, run.json keeps the mean prior,
-`cloudjax sample` generates and restores (degraded | direct | Algorithm 1 | Algorithm 2 | original), and user
-mistakes in the cold flags are one line with exit status 2.
+"""Cold runs end to end: a tiny blur-generation model trained through `cloudjax.train`; on that run the L1 loss
+falls, run.json keeps the mean prior, `cloudjax sample` generates and restores (degraded | direct | Algorithm 1 |
+Algorithm 2 | original), and user mistakes in the cold flags are one line with exit status 2.
 
 The whole file trains one 8×8 model once (the module fixture); the CLI reuses its compiled samplers.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,38 +13,35 @@ import pytest
 
 from cloudjax.cli import main
 from cloudjax.generate import RESTORATIONS
-from cloudjax.train import load_run
+from cloudjax.train import TrainConfig, load_run, train
 
 pytest.importorskip("skimage")
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cold_quick")
-    path = Path(__file__).parents[1] / "experiments" / "cold_diffusion.py"
-    spec = importlib.util.spec_from_file_location("cold_diffusion", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--quick", "--out", str(out), "--data", "patches:64", "--test-data", "patches:16"])
-    return out, result
+def workdir(tmp_path_factory):
+    """A blur-generation model trained 30 steps on 8×8 patches."""
+    workdir = tmp_path_factory.mktemp("cold_blur")
+    config = TrainConfig(
+        data="patches:64",
+        image_size=8,
+        model="tiny",
+        batch_size=8,
+        steps=30,
+        lr=1e-3,
+        warmup_steps=3,
+        checkpoint_every=30,
+        log_every=3,
+        normalizer_examples=64,
+        process="cold",
+        degradation="blur",
+        generation=True,
+    )
+    train(config, workdir, stream=None)
+    return workdir
 
 
-def test_quick_experiment_writes_the_table(quick):
-    out, result = quick
-    saved = json.loads((out / "cold_diffusion.json").read_text())
-    assert saved["restoration"] == json.loads(json.dumps(result["restoration"]))
-    row = saved["restoration"]["blur_to_mean"]
-    assert set(row) == {"degraded", "direct", "cold_naive", "cold", "T"} and row["T"] == 20
-    for scores in (row[k] for k in ("degraded", "direct", "cold_naive", "cold")):
-        assert 0 <= scores["rmse"] <= 1 and -1 <= scores["ssim"] <= 1
-    assert row["degraded"]["ssim"] < 0.5 and row["degraded"]["rmse"] > 0.01  # D(x, T) is flat: no structure left
-    assert set(saved["generation"]) == {"cold_blur"}  # the Gaussian model is left out of --quick
-    assert all(v["spectral_distance"] >= 0 and v["pixel_std"] > 0 for v in saved["generation"].values())
-    assert saved["machine"]["cpus"] >= 1 and (out / "cold_diffusion.png").stat().st_size > 0
-
-
-def test_l1_loss_falls_and_run_json_keeps_the_mean_prior(quick):
-    workdir = quick[0] / "runs" / "cold_blur"
+def test_l1_loss_falls_and_run_json_keeps_the_mean_prior(workdir):
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 10 and losses[-1] < 0.8 * losses[0]
     run, _, state = load_run(workdir)
@@ -59,8 +53,8 @@ def test_l1_loss_falls_and_run_json_keeps_the_mean_prior(quick):
     np.testing.assert_allclose(process.degrade(x, jnp.full((2,), 20)).std(axis=(1, 2)), 0, atol=1e-6)
 
 
-def test_sample_generates_and_restores(quick, tmp_path):
-    workdir = str(quick[0] / "runs" / "cold_blur")
+def test_sample_generates_and_restores(workdir, tmp_path):
+    workdir = str(workdir)
     assert main(["sample", "--workdir", workdir, "--out", str(tmp_path / "gen"), "--num", "4"]) == 0
     generated = np.load(tmp_path / "gen.npz")
     assert generated["images"].shape == (4, 8, 8, 1) and str(generated["method"]) == "cold"

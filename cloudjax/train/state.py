@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -61,8 +62,19 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
+def network_shapes(config: TrainConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, abstract parameters)`` of the run's network, traced once per network in this process (a trace
+    takes seconds; a run cut in stages or reloaded asks again with only ``steps`` changed)."""
+    return _network_shapes(dataclasses.replace(config, steps=1, decay_steps=config.decay_steps or config.steps))
+
+
+@functools.lru_cache(maxsize=16)
+def _network_shapes(config: TrainConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+
+
 def _graphdef(config: TrainConfig) -> nnx.GraphDef:
-    return nnx.graphdef(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+    return network_shapes(config)[0]
 
 
 def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
@@ -92,7 +104,7 @@ def _new_state_jit(sharding: NamedSharding | None) -> Callable:
 
 def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
     """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
-    params = nnx.state(nnx.eval_shape(lambda: config.network(nnx.Rngs(0))))
+    params = network_shapes(config)[1]
     rng = jax.random.key_data(jax.random.key(0))
     shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)

@@ -1,0 +1,84 @@
+"""experiments/processes.py --quick: every kind of process trains in stages, samples, and is scored in the
+schema of the converged study (rows, training with its 25/50/100 % scores, the restoration table, the floor)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloudjax import study
+from cloudjax.generate import RESTORATIONS
+
+pytest.importorskip("skimage")
+SCRIPT = Path(__file__).parents[1] / "experiments" / "processes.py"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("processes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
+    spec.loader.exec_module(module)
+    tmp = tmp_path_factory.mktemp("processes")
+    rng = np.random.default_rng(0)  # two classes: bright and dark discs, so the classifier scores have a meaning
+    labels = rng.integers(0, 2, 300)
+    yy, xx = np.mgrid[:8, :8] - 3.5
+    disc = (yy**2 + xx**2 < 9).astype(float)
+    images = 0.2 + 0.6 * disc * labels[:, None, None] + 0.1 * rng.random((300, 8, 8))
+    np.savez(tmp / "discs.npz", images=(images * 255).astype(np.uint8), labels=labels)
+    out = tmp / "out"
+    result = module.main(["--quick", "--data", f"npz:{tmp / 'discs.npz'}", "--out", str(out), "--workdir", str(tmp)])
+    return module, out, tmp, result
+
+
+def test_rows_hold_every_generating_process_with_intervals_and_class_scores(quick):
+    module, out, _, result = quick
+    saved = json.loads((out / "processes.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    kinds = {(r["process"], r["variant"], r["sampler"], r["nfe"]) for r in saved["rows"]}
+    assert kinds == {
+        ("gaussian", "ddpm", "ddim", 3),
+        ("gaussian", "ddpm", "ddpm", 3),
+        ("cold", "cold_blur", "cold", 20),  # Algorithm 2 over the T = 20 blur steps
+    }
+    for row in saved["rows"]:
+        assert row["num_samples"] == module.QUICK["num_samples"] and row["seconds_per_image"] > 0
+        assert set(row["metrics_ci95"]) == set(row["metrics"]) - {"sample_mean", "sample_std", "sample_clipped"}
+        assert np.isfinite(row["metrics"]["frechet_classifier"]) and 0 <= row["metrics"]["sample_clipped"] <= 1
+        classes = row["classes"]
+        assert len(classes["histogram"]) == 2 and np.isclose(sum(classes["histogram"]), 1)
+        assert 0.5 <= classes["confidence"] <= 1
+    assert saved["floor_classes"]["confidence"] > 0.5 and set(saved["floor"]) >= set(saved["floor_ci95"])
+    assert (out / "processes_samples.png").stat().st_size > 1000
+
+
+def test_training_is_summarised_and_scored_at_every_stage(quick):
+    _, _, workdir, result = quick
+    for name, entry in result["training"].items():
+        assert entry["steps"] == 8 and entry["images"] == 64 and entry["plateau"] in (True, False)
+        for fraction in study.EMA_AT:  # one run, its EMA kept in bfloat16 at each stage
+            with np.load(study.ema_path(workdir / name, fraction)) as ema:
+                assert int(ema["__step__"]) == round(fraction * 8)
+        if name != "restore_mask":
+            at = entry["metrics_at"]
+            assert set(at) == {"25%", "50%", "100%"} and at["25%"]["metrics"] != at["100%"]["metrics"]
+            first = next(r for r in result["rows"] if r["variant"] == name)
+            assert at["100%"]["metrics"] == first["metrics"] and at["100%"]["nfe"] == first["nfe"]
+
+
+def test_restoration_table_compares_the_three_methods_on_the_same_images(quick):
+    _, out, _, result = quick
+    table = result["restoration"]["mask"]
+    assert table["T"] == 50 and table["seconds_per_image"] > 0
+    for method in RESTORATIONS[:-1]:
+        scores = table[method]
+        assert 0 <= scores["rmse"] <= 1 and -1 <= scores["ssim"] <= 1 and len(scores["rmse_ci95"]) == 2
+    gain = table["algorithm2_gain"]
+    assert set(gain) == {"degraded", "direct", "cold_naive"}
+    for method, g in gain.items():  # paired: the gain is the difference of the two means
+        assert np.isclose(g["rmse"], table[method]["rmse"] - table["cold"]["rmse"], atol=1e-6)
+        assert np.isclose(g["ssim"], table["cold"]["ssim"] - table[method]["ssim"], atol=1e-6)
+    assert (out / "processes_restoration.png").stat().st_size > 1000
