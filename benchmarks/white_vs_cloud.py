@@ -476,7 +476,8 @@ SECTIONS = ("datasets", "floor", "floor_ci95", "training")
 def merge(parts: list[Path], out: Path) -> dict:
     """One study from runs over other datasets, samplers or variants with otherwise equal settings (one process per
     core, or a part measured later): the rows, floors, training summaries and bootstrap replicates of every part (a row
-    measured by two parts is refused), the headline and plots redone."""
+    measured by two parts is refused), the headline and plots redone. ``out`` may be one of the parts; a dataset's
+    sample sheet comes from the first part that has one."""
     out.mkdir(parents=True, exist_ok=True)
     result, replicates = None, {}
     for part in parts:
@@ -500,8 +501,9 @@ def merge(parts: list[Path], out: Path) -> dict:
         result["rows"] += piece["rows"]
         for key in SECTIONS:
             result[key] |= piece[key]
-        for sheet in part.glob("white_vs_cloud_*_samples.png"):
-            shutil.copyfile(sheet, out / sheet.name)
+        for sheet in part.glob("white_vs_cloud_*_samples.png"):  # the first part with a dataset's sheet gives it
+            if not (out / sheet.name).exists():
+                shutil.copyfile(sheet, out / sheet.name)
     write(result, replicates, out)
     plot_all(result, out)
     return result

@@ -80,6 +80,7 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     # a second dataset run by another process merges into one study; other settings are refused
     other = tmp_path / "other"
     wvc.main(["--tiny", "--denoiser", "oracle", "--variants", *variants, "--out", str(other)])
+    sheet = (out / f"white_vs_cloud_{name}_samples.png").read_bytes()
     merged = wvc.main(["--merge", str(out), str(other), "--out", str(tmp_path / "merged")])
     part = json.loads((other / "white_vs_cloud.json").read_text())
     assert merged["rows"] == rows + part["rows"]
@@ -88,6 +89,9 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
     assert merged["config"]["datasets"] == [spec, "patches:400"]
     with np.load(tmp_path / "merged" / "white_vs_cloud_bootstrap.npz") as draws:
         assert {int(k.split("/")[0]) for k in draws.files} == set(range(len(merged["rows"])))
+    shutil.copytree(out, tmp_path / "into")  # a part may be the merged folder itself
+    assert wvc.merge([tmp_path / "into", other], tmp_path / "into")["rows"] == merged["rows"]
+    assert (tmp_path / "into" / f"white_vs_cloud_{name}_samples.png").read_bytes() == sheet
     (tmp_path / "changed").mkdir()
     changed = json.loads((other / "white_vs_cloud.json").read_text())
     changed["config"]["seed"] = 1
