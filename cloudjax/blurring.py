@@ -45,7 +45,7 @@ from flax import struct
 from cloudjax import registry
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, _per_example, stratified_times
 from cloudjax.noise import WhiteNoise
-from cloudjax.process import OwnGaussianStep, check_output, check_times
+from cloudjax.process import OwnGaussianStep, check_output, check_times, with_labels
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import dct2, idct2, irfft_real, rfft_real, wavenumbers
 
@@ -158,8 +158,9 @@ class BlurringDiffusion(OwnGaussianStep):
             noise = self.noise.sample(key, x0.shape)
         return self.mean(x0, t) + _per_example(self.alpha_sigma(t)[1], x0.ndim) * noise
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
-        """x0 regression with GaussianDiffusion's norms and weights; t stratified over the batch."""
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, labels=None) -> jnp.ndarray:
+        """x0 regression with GaussianDiffusion's norms and weights; t stratified over the batch (``labels``: see
+        :meth:`cloudjax.process.ForwardProcess.loss`)."""
         x0 = jnp.asarray(x0, jnp.float32)
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
@@ -167,7 +168,7 @@ class BlurringDiffusion(OwnGaussianStep):
         t = stratified_times(key_t, x0.shape[0])
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
-        out = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn")
+        out = check_output(with_labels(apply_fn, labels)(x_t, t), x_t.shape, "apply_fn")
         return jnp.mean(g.time_weight(t) * g.squared_error(out - x0))
 
     # -- the sampler's interface (cloudjax.process.ForwardProcess; samplers "ddim" and "ddpm") ---------------

@@ -34,7 +34,7 @@ from jax.tree_util import Partial
 
 from cloudjax import registry
 from cloudjax.diffusion import error_norm
-from cloudjax.process import Degradation, check_output
+from cloudjax.process import Degradation, check_output, with_labels
 
 __all__ = ["ColdDiffusion", "MeanPrior", "fit_gmm"]
 
@@ -170,13 +170,15 @@ class ColdDiffusion(Degradation):
         """``D(x0, t)`` for integer t ``(B,)`` in {0, …, T}."""
         return self.degradation(x0, t)
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
-        """Mean L1 (or L2) error of ``apply_fn(D(x0, t), t / T)`` against x0, t uniform on {1, …, T} per example."""
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, labels=None) -> jnp.ndarray:
+        """Mean L1 (or L2) error of ``apply_fn(D(x0, t), t / T)`` against x0, t uniform on {1, …, T} per example
+        (``labels``: see :meth:`cloudjax.process.ForwardProcess.loss`)."""
         x0 = jnp.asarray(x0, jnp.float32)
         if x0.ndim != 4:
             raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
         t = jax.random.randint(key, x0.shape[:1], 1, self.steps + 1)
         x_t = self.degrade(x0, t)
+        apply_fn = with_labels(apply_fn, labels)
         out = check_output(apply_fn(x_t, t.astype(jnp.float32) / self.steps), x_t.shape, "apply_fn")
         return jnp.mean(error_norm(self.loss_weighting, out - x0))
 

@@ -39,7 +39,7 @@ from flax import struct
 
 from cloudjax import registry
 from cloudjax.noise import WhiteNoise
-from cloudjax.process import check_output, check_times
+from cloudjax.process import check_output, check_times, with_labels
 from cloudjax.schedules import get_schedule, time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
@@ -181,8 +181,9 @@ class GaussianDiffusion:
         a mean squared error except for ``"l1"``)."""
         return error_norm(self.norm, err, self.noise)
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray) -> jnp.ndarray:
-        """Scalar training loss for a batch x0 ``(B, H, W, C)``; ``apply_fn(x_t, t)`` returns the prediction.
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, labels=None) -> jnp.ndarray:
+        """Scalar training loss for a batch x0 ``(B, H, W, C)``; ``apply_fn(x_t, t)`` returns the prediction
+        (``labels``: see :meth:`cloudjax.process.ForwardProcess.loss`).
 
         t is stratified over the batch, ``t_b = (u + b / B) mod 1`` with one u ~ U(0, 1) (unbiased for U(0, 1)
         per example, lower variance), float32 of shape ``(B,)``; ε comes from the noise model.
@@ -194,7 +195,7 @@ class GaussianDiffusion:
         t = stratified_times(key_t, x0.shape[0])
         eps = self.noise.sample(key_eps, x0.shape)
         x_t = self.q_sample(None, x0, t, noise=eps)
-        err = check_output(apply_fn(x_t, t), x_t.shape, "apply_fn") - self.target(x0, eps, t)
+        err = check_output(with_labels(apply_fn, labels)(x_t, t), x_t.shape, "apply_fn") - self.target(x0, eps, t)
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
 
     # The sampler's side of the ForwardProcess interface (see cloudjax.process).

@@ -48,6 +48,7 @@ declares ``GradientTransformationExtraArgs``), and the train step and the sample
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -103,9 +104,11 @@ class ForwardProcess(Protocol):
 
     kind: str
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array) -> jax.Array:
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array, labels: jax.Array | None = None) -> jax.Array:
         """Scalar training loss on clean images x0 ``(B, H, W, C)``: draws t ``(B,)`` in [0, 1] (and noise) with
-        ``key``, degrades x0 to x_t and compares ``apply_fn(x_t, t)`` with the process's target."""
+        ``key``, degrades x0 to x_t and compares ``apply_fn(x_t, t)`` with the process's target; with class
+        ``labels (B,)`` (int, −1: no class) the network is called as ``apply_fn(x_t, t, labels=labels)``
+        (:func:`with_labels`)."""
 
     def stages(self, steps: int, t_start: float, t_end: float) -> tuple[np.ndarray, ...]:
         """The sampler's time grid: ``steps + 1`` float32 times from t_start down to t_end, cut into stages of
@@ -143,7 +146,7 @@ class LossBranches(abc.ABC):
         """The probabilities ``(K,)`` of the loss's K branches."""
 
     @abc.abstractmethod
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array, branch: int | None = None) -> jax.Array:
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jax.Array, labels=None, branch: int | None = None):
         """:meth:`ForwardProcess.loss`, of branch ``branch`` only (None: drawn on device)."""
 
 
@@ -174,6 +177,12 @@ def loss_branch(weights: np.ndarray, key: jax.Array) -> int:
     bits = jax.random.key_data(key)
     bits = np.asarray(bits.addressable_data(0) if isinstance(bits, jax.Array) else bits).ravel()
     return int(np.random.default_rng(bits.astype(np.uint64)).choice(len(weights), p=weights))
+
+
+def with_labels(apply_fn: Callable, labels: jax.Array | None) -> Callable:
+    """``apply_fn`` with the class labels ``(B,)`` bound as its ``labels`` keyword (unchanged for None): how every
+    process's loss conditions the network on the batch's classes."""
+    return apply_fn if labels is None else functools.partial(apply_fn, labels=labels)
 
 
 def check_output(out, shape, name: str = "denoise_fn") -> jax.Array:

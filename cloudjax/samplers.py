@@ -165,6 +165,8 @@ def sample(
     stochasticity: float = 0.0,
     return_trajectory: bool = False,
     init_noise: jnp.ndarray | None = None,
+    labels: jnp.ndarray | None = None,
+    guidance: float = 0.0,
 ):
     """Draw samples by running the reverse process from ``t_start`` to ``t_end`` in ``steps`` steps.
 
@@ -190,12 +192,23 @@ def sample(
       init_noise: the start input of ``shape``: Gaussian, the ε of the start state σ_start ε (default a draw
         from the noise model; pass the same ε to compare methods or step counts on equal footing); cold, the
         degraded images x_{t_start} (default a draw from the process's prior, if it has one).
+      labels: class labels ``(batch,)`` (int; −1: no class) of a class-conditional network, called as
+        ``denoise_fn(x_t, t, labels=labels)``; None: the network is called without labels.
+      guidance: classifier-free guidance w >= 0 (needs ``labels``): the network output is
+        ``uncond + (1 + w)(cond − uncond)`` in the process's own prediction space (ε, v or x0), from one call on
+        the doubled batch (the labels, then "no class"); w = 0 is plain conditional sampling (one call).
 
     Returns:
       the samples ``shape`` (float32), or ``(samples, trajectory)``.
     """
     shape = tuple(int(s) for s in shape)
     _check(diffusion, method, eta, stochasticity, shape)
+    if labels is not None:
+        labels = jnp.asarray(labels)
+        if labels.shape != shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(f"labels must be integers of shape ({shape[0]},), got {labels.dtype} {labels.shape}")
+    if not guidance >= 0 or (guidance and labels is None):
+        raise ValueError(f"guidance must be >= 0 and needs labels, got {guidance} with labels {labels is not None}")
     stages = diffusion.stages(METHODS[method].steps or steps, t_start, t_end)
     ts = np.concatenate(stages)
     bounds = np.cumsum([0, *map(len, stages)], dtype=np.int32)  # stage k holds ts[bounds[k]:bounds[k + 1]]
@@ -206,8 +219,8 @@ def sample(
         denoise_fn = Partial(denoise_fn)
     stochastic = method == "ddpm" or eta > 0 or stochasticity > 0
     eta, stochasticity = jnp.float32(eta), jnp.float32(stochasticity)
-    args = (jnp.asarray(ts), jnp.asarray(bounds), init_noise, eta, stochasticity)
-    return _sample(denoise_fn, diffusion, key, *args, shape, method, stochastic, inside)
+    args = (jnp.asarray(ts), jnp.asarray(bounds), init_noise, eta, stochasticity, labels, jnp.float32(guidance))
+    return _sample(denoise_fn, diffusion, key, *args, shape, method, stochastic, inside, bool(guidance))
 
 
 def _grid_size(points: int) -> int:
@@ -216,23 +229,47 @@ def _grid_size(points: int) -> int:
     return max(1024, 1 << (points - 1).bit_length())
 
 
-@functools.partial(jax.jit, static_argnums=(8, 9, 10, 11))
-def _sample(denoise_fn, process, key, ts, bounds, init_noise, eta, stochasticity, shape, method, stochastic, inside):
+@functools.partial(jax.jit, static_argnums=tuple(range(10, 15)))
+def _sample(
+    denoise_fn,
+    process,
+    key,
+    ts,
+    bounds,
+    init_noise,
+    eta,
+    stochasticity,
+    labels,
+    guidance,
+    shape,
+    method,
+    stochastic,
+    inside,
+    guided,
+):
     """The loop. ``ts`` the grid padded with its last time, ``bounds`` ``(stages + 1,)`` the stages' start indices
     and the grid's length, both traced: a ``lax.fori_loop`` of a traced trip count per stage runs exactly the
     grid's steps. ``inside``: None, or the static steps inside each stage, when a trajectory is returned (a
-    ``lax.scan`` of that length)."""
+    ``lax.scan`` of that length). ``guided``: ``guidance`` (traced) is not 0."""
     sampler = METHODS[method]
     batch = shape[0]
     coef = process.coefficients(ts)
     at = lambda i: jax.tree.map(lambda c: c[i], coef)
     n = bounds[-1] - 1  # the number of steps
 
+    def network(x, t, **kw):  # conditional halves and "no class" halves in one batch, then guided
+        if labels is None or not guided:
+            return denoise_fn(x, t, **kw) if labels is None else denoise_fn(x, t, labels=labels, **kw)
+        twice = lambda a: jnp.concatenate([a, a])  # noqa: E731
+        both = denoise_fn(twice(x), twice(t), labels=jnp.concatenate([labels, jnp.full_like(labels, -1)]), **kw)
+        cond, uncond = jnp.split(both, 2)
+        return uncond + (1 + guidance) * (cond - uncond)
+
     def predict(x, t, out_shape=None):  # into a larger state, a process may have the network up-sample
         t = jnp.full((batch,), t, jnp.float32)
         grow = out_shape not in (None, x.shape) and isinstance(process, NetworkUpsampling)
         kw = {"upsample": True} if grow else {}
-        return process.predict(check_output(denoise_fn(x, t, **kw), out_shape if grow else x.shape), x, t)
+        return process.predict(check_output(network(x, t, **kw), out_shape if grow else x.shape), x, t)
 
     def body(carry, i, stage):  # step i: ts[i] → ts[i + 1], a time in ``stage``
         x, memory = carry

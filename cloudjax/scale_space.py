@@ -55,7 +55,7 @@ from flax import struct
 
 from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.noise import WhiteNoise
-from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times
+from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times, with_labels
 from cloudjax.resolution import (
     RESIZES,
     change_steps,
@@ -249,7 +249,7 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         g = self.gaussian
         return jnp.mean(g.time_weight(t) * g.squared_error(out - target))
 
-    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, branch: int | None = None) -> jnp.ndarray:
+    def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, labels=None, branch=None) -> jnp.ndarray:
         """Scalar loss for x0 ``(B, H, W, C)``, one resolution per batch (the reference code's batches).
 
         One u ~ U(0, 1) picks the step; at a change step the whole batch uses t = u, otherwise t is stratified
@@ -262,6 +262,7 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         if x0.ndim != 4 or x0.shape[1:3] != self.image_size:
             raise ValueError(f"x0 must be (batch, {self.image_size[0]}, {self.image_size[1]}, C), got {x0.shape}")
         key_t, key_eps = jax.random.split(key)
+        apply_fn = with_labels(apply_fn, labels)
         u = jax.random.uniform(key_t, (), jnp.float32)
         branches, branch_of_step = self._branches()
         if branch is not None:

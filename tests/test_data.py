@@ -69,6 +69,24 @@ def test_resume_from_step_continues_exactly():
     assert it.step == resumed.step == 17
 
 
+def test_iterator_yields_labels_sharded_and_resumable_like_the_images():
+    n = 23
+    images = np.repeat(np.arange(n, dtype=np.uint8), 16).reshape(n, 4, 4)
+    source = ArraySource(images, 4, None, labels=np.arange(n) % 5)
+    single = BatchIterator(source, 6, seed=1, process_index=0, process_count=1, labels=True)
+    hosts = [BatchIterator(source, 6, seed=1, process_index=r, process_count=3, labels=True) for r in range(3)]
+    for _ in range(9):  # across epoch boundaries
+        x, y = next(single)
+        np.testing.assert_array_equal(y, _ids(x) % 5)  # each label belongs to its image
+        shards = [next(h) for h in hosts]
+        np.testing.assert_array_equal(np.concatenate([s[1] for s in shards]), y)
+    resumed = BatchIterator(source, 6, seed=1, process_index=0, process_count=1, step=9, labels=True)
+    x, y = next(single)
+    np.testing.assert_array_equal(next(resumed)[1], y)
+    with pytest.raises(ValueError, match="needs labels"):
+        BatchIterator(_ramp_source(), 4, seed=0, process_index=0, process_count=1, labels=True)
+
+
 def test_iterator_rejects_bad_arguments():
     source = _ramp_source()
     with pytest.raises(ValueError, match="divisible by process_count"):
@@ -129,6 +147,17 @@ def test_drop_letterbox_subsets_a_source(tmp_path):
 # ---------------------------------------------------------------------------------------------- npz
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [np.array([0, 1, -1, 2, 0]), np.array([0.0, 1, 1, 2, 0]), np.arange(4)],
+    ids=["negative", "float", "short"],
+)
+def test_npz_labels_must_be_one_class_index_per_image(tmp_path, labels):
+    np.savez(tmp_path / "d.npz", images=np.zeros((5, 4, 4), np.uint8), labels=labels)
+    with pytest.raises(ValueError, match="labels of .* must be 5 integers >= 0"):
+        open_source(f"npz:{tmp_path / 'd.npz'}", 4)
+
+
 def test_npz_source_uint8_float_and_labels(tmp_path):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
@@ -137,6 +166,7 @@ def test_npz_source_uint8_float_and_labels(tmp_path):
     assert (s.num_examples, s.image_shape) == (5, (12, 12, 3))
     np.testing.assert_allclose(s.get([4, 1]), images[[4, 1]] / 255, atol=1e-6)
     np.testing.assert_array_equal(s.get_labels([4, 1]), [8, 2])
+    assert s.num_classes == 9 and s.class_names is None  # the largest label + 1
     np.savez(tmp_path / "f.npz", x=images[..., 0] / 255.0)  # the only key, float, grey
     g = open_source(f"npz:{tmp_path / 'f.npz'}", 6)
     assert g.image_shape == (6, 6, 1) and g.get([0]).dtype == np.float32
@@ -185,6 +215,23 @@ def test_folder_source_reads_png_and_jpeg_recursively(tmp_path):
     c = open_source(f"folder:{tmp_path}", 8, channels=3)
     blue = c.get([1])[0]
     assert blue[..., 2].min() > 0.9 and blue[..., :2].max() < 0.1
+    assert s.num_classes is None  # an image outside the sub-folders: no classes
+    with pytest.raises(ValueError, match="outside sub-folders"):
+        s.get_labels([0])
+
+
+def test_folder_source_has_one_class_per_sub_folder_in_sorted_order(tmp_path):
+    from PIL import Image
+
+    for name, values in (("zebra", (10, 20)), ("ant", (30,)), ("moth", (40, 50))):
+        (tmp_path / name / "deeper").mkdir(parents=True)
+        for i, v in enumerate(values):  # one level deeper counts for the top sub-folder
+            Image.fromarray(np.full((6, 6), v, np.uint8)).save(tmp_path / name / ("deeper" if i else ".") / f"{v}.png")
+    s = open_source(f"folder:{tmp_path}", 6)
+    assert s.num_classes == 3 and s.class_names == ("ant", "moth", "zebra")
+    values = np.rint(s.get(range(5))[:, 0, 0, 0] * 255).astype(int)
+    expected = {10: 2, 20: 2, 30: 0, 40: 1, 50: 1}
+    np.testing.assert_array_equal(s.get_labels(range(5)), [expected[v] for v in values])
 
 
 def test_folder_errors(tmp_path):
@@ -222,6 +269,7 @@ def test_fashion_mnist_idx_padded_to_32_with_labels(fmnist_dir):
     assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert np.all(x[:, :2] == 0) and np.all(x[:, :, -2:] == 0) and np.all(x[:, 2:30, 2:30] > 0)
     np.testing.assert_array_equal(s.get_labels(range(9)), [0, 1, 2, 3, 4, 5, 0, 1, 2])
+    assert s.num_classes == 10 and s.class_names[0] == "T-shirt/top"  # all ten, whatever the files hold
     test = open_source("fashion_mnist:test", 32, data_dir=str(fmnist_dir))
     np.testing.assert_array_equal(test.get([0, 2]), x[[6, 8]])
     small = open_source("fashion_mnist:train", 16, channels=3, data_dir=str(fmnist_dir))
@@ -289,6 +337,7 @@ def test_tfds_source_reads_a_locally_built_dataset(tfds_dir):
     ids = np.rint(x[:, 0, 0, 0] * 255 / 10).astype(int)
     assert sorted(ids) == list(range(12)) and np.all(x == x[:, :1, :1, :1])
     np.testing.assert_array_equal(s.get_labels(range(12)), ids % 3)
+    assert s.num_classes == 3 and len(s.class_names) == 3
     grey_test = open_source("tfds:cloudjax_test_shapes:test", 4, channels=1, data_dir=str(tfds_dir))
     assert grey_test.num_examples == 4 and grey_test.get([0]).shape == (1, 4, 4, 1)
     hosts = [BatchIterator(s, 6, seed=0, process_index=r, process_count=2) for r in range(2)]

@@ -162,7 +162,7 @@ def test_one_level_is_gaussian_diffusion_with_x0_prediction():
         ss = ScaleSpaceDiffusion(image_size=8, levels=1, noise=noise, schedule="cosine")
         gd = cj.GaussianDiffusion(noise=noise, schedule="cosine", prediction="x0", loss_weighting="min_snr")
         both = jax.jit(
-            lambda key, ss=ss, gd=gd: (ss.loss(net, key, x0), ss.loss(net, key, x0, 0), gd.loss(net, key, x0))
+            lambda key, ss=ss, gd=gd: (ss.loss(net, key, x0), ss.loss(net, key, x0, branch=0), gd.loss(net, key, x0))
         )
         for k in range(3):
             switched, given, gaussian = both(jax.random.key(10 + k))
@@ -184,7 +184,7 @@ def test_loss_takes_one_resolution_per_batch(host_branch):
         return degrade(jnp.zeros((x.shape[0], 8, 8, 1)), int(np.log2(8 // x.shape[1])) - int(upsample))
 
     x0 = jnp.ones((4, 8, 8, 1))
-    loss = jax.jit(lambda k, b: d.loss(net, k, x0, b), static_argnums=1)
+    loss = jax.jit(lambda k, b: d.loss(net, k, x0, branch=b), static_argnums=1)
     keys = [jax.random.key(k) for k in range(600)]
     weights = d.loss_branches
     branches = [cj.process.loss_branch(weights, k) if host_branch else None for k in keys]

@@ -88,7 +88,8 @@ class BatchIterator:
 
     ``next()`` returns float32 ``(global_batch_size // process_count, H, W, C)``: positions
     ``[step·B + r·b, step·B + (r+1)·b)`` of the epoch-permuted stream (``B`` global, ``b = B / P`` local,
-    ``r`` this process). Construct with ``step=k`` to continue where a run saved ``k``.
+    ``r`` this process); with ``labels=True``, ``(images, labels)`` with the int64 ``(b,)`` labels of the same
+    examples. Construct with ``step=k`` to continue where a run saved ``k``.
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class BatchIterator:
         process_index: int | None = None,
         process_count: int | None = None,
         step: int = 0,
+        labels: bool = False,
     ):
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
@@ -114,6 +116,8 @@ class BatchIterator:
             raise ValueError(f"step must be >= 0, got {step}")
         if source.num_examples < 1:
             raise ValueError("source has no examples")
+        if labels and source.num_classes is None:
+            raise ValueError("data: class-conditional training needs labels, and this data has none")
         self.source = source
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
@@ -121,6 +125,7 @@ class BatchIterator:
         self.process_index = process_index
         self.process_count = process_count
         self.step = step
+        self.labels = labels
         self._perm: tuple[int, np.ndarray] | None = None  # the last epoch's order
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -150,7 +155,8 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> np.ndarray:
-        batch = self.source.get(self.indices())
+    def __next__(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        indices = self.indices()
+        batch = self.source.get(indices)
         self.step += 1
-        return batch
+        return (batch, self.source.get_labels(indices)) if self.labels else batch

@@ -1,4 +1,9 @@
-"""Random-access image sources: ``.num_examples``, ``.image_shape``, ``.get(indices)``, ``.get_labels(indices)``.
+"""Random-access image sources: ``.num_examples``, ``.image_shape``, ``.get(indices)``, ``.get_labels(indices)``,
+``.num_classes`` and ``.class_names``.
+
+Labels are int64 class indices in ``[0, num_classes)``; a source without labels has ``num_classes = None`` and
+its ``get_labels`` raises. Classes: Fashion-MNIST's 10, a ``.npz``'s ``labels`` array, tfds's ``label`` feature, a
+folder's sub-folders (one class each, in sorted order, named by them).
 
 Every source returns float32 ``(n, H, W, C)`` in [0, 1] at the requested square size: images are centre-cropped
 to a square, resized (bilinear, anti-aliased when shrinking) and converted to the requested channels (ITU-R 601
@@ -20,6 +25,18 @@ from cloudjax.data.patches import block_mean, patches
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def prepare(images, image_size: int, channels: int | None, pad: int = 0) -> np.ndarray:
@@ -66,6 +83,14 @@ def _native_channels(shape: tuple[int, ...], name: str) -> int:
     return c
 
 
+def _check_labels(labels, num: int, name: str) -> np.ndarray:
+    """``labels`` as int64 ``(num,)`` class indices >= 0; ``ValueError`` naming the data otherwise."""
+    labels = np.asarray(labels)
+    if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer) or (num and labels.min() < 0):
+        raise ValueError(f"data: labels of {name} must be {num} integers >= 0, got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
+
+
 class ArraySource:
     """Images held in memory as ``(N, h, w[, c])`` uint8 or [0, 1] float, prepared batch by batch on ``get``."""
 
@@ -74,7 +99,9 @@ class ArraySource:
     ):
         native = _native_channels(images.shape[1:], name)
         self.images = images
-        self.labels = None if labels is None else np.asarray(labels)
+        self.labels = None if labels is None else _check_labels(labels, len(images), name)
+        self.num_classes = None if self.labels is None else int(self.labels.max()) + 1
+        self.class_names = None
         self._prep = dict(image_size=image_size, channels=channels, pad=pad)
         self.num_examples = len(images)
         self.image_shape = (image_size, image_size, channels or native)
@@ -96,6 +123,7 @@ class Subset:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.num_examples = len(self.indices)
         self.image_shape = source.image_shape
+        self.num_classes, self.class_names = source.num_classes, source.class_names
 
     def get(self, indices) -> np.ndarray:
         return self.source.get(self.indices[np.asarray(indices)])
@@ -150,7 +178,9 @@ def fashion_mnist_source(image_size: int, channels: int | None, data_dir: str | 
         images.append(x)
         labels.append(y)
     labels = np.concatenate(labels).astype(np.int64)
-    return ArraySource(np.concatenate(images), image_size, channels, labels=labels, pad=2)
+    source = ArraySource(np.concatenate(images), image_size, channels, labels=labels, pad=2)
+    source.num_classes, source.class_names = len(FASHION_MNIST_CLASSES), FASHION_MNIST_CLASSES
+    return source
 
 
 def npz_source(path: str, image_size: int, channels: int | None) -> ArraySource:
@@ -180,6 +210,9 @@ def npz_source(path: str, image_size: int, channels: int | None) -> ArraySource:
 class FolderSource:
     """Every readable PNG/JPEG under ``root`` (recursively, sorted by path), decoded with PIL on ``get``.
 
+    Labels: when every image lies in a sub-folder of ``root``, each sub-folder is a class (sorted by name, the
+    class's name; ``class_names``); with images directly in ``root`` the source has no labels.
+
     Every file is checked when the source opens (PIL's ``verify``: headers, PNG chunk checksums, truncation);
     unreadable or damaged ones are skipped with one warning naming them, so a bad file cannot stop a run at
     the step that would read it. ``channels=None`` takes grey or RGB from the first image; every image is
@@ -205,6 +238,11 @@ class FolderSource:
             )
         if channels is None:
             channels = 1 if self._open(self.paths[0]).mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+        folders = [p.relative_to(root).parts[:-1] for p in self.paths]
+        self.class_names = tuple(sorted({f[0] for f in folders})) if all(folders) else None
+        self.num_classes = None if self.class_names is None else len(self.class_names)
+        if self.class_names is not None:
+            self._labels = np.array([self.class_names.index(f[0]) for f in folders], np.int64)
         self.num_examples = len(self.paths)
         self.image_shape = (image_size, image_size, channels)
 
@@ -237,7 +275,9 @@ class FolderSource:
         return _stack_prepared(images, size, channels)
 
     def get_labels(self, indices) -> np.ndarray:
-        raise ValueError("data: folder sources have no labels")
+        if self.class_names is None:
+            raise ValueError("data: this folder has images outside sub-folders, so no labels")
+        return self._labels[np.asarray(indices)]
 
 
 class TfdsSource:
@@ -283,6 +323,9 @@ class TfdsSource:
         if self._image_key is None:
             raise ValueError(f"data: tfds dataset {name} has no image feature (features: {list(features)})")
         self._has_labels = "label" in features
+        label = features["label"] if self._has_labels else None
+        self.num_classes = getattr(label, "num_classes", None)
+        self.class_names = tuple(label.names) if self.num_classes else None
         native = _native_channels(features[self._image_key].shape, f"tfds dataset {name}")
         self.num_examples = len(self._records)
         self.image_shape = (image_size, image_size, channels or native)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cloudjax.models.unet import UNet, UNetConfig, _upsample2, compiled_init, timestep_embedding
+from cloudjax.models.unet import UNet, UNetConfig, _upsample2, compiled_init
 
 __all__ = ["FlexiUNet", "init", "flops_per_level", "parameter_count"]
 
@@ -58,8 +58,11 @@ class FlexiUNet(UNet):
             )
         return e
 
-    def __call__(self, x: jax.Array, t: jax.Array, *, upsample: bool = False, dropout_key=None) -> jax.Array:
-        """Predict at the input's resolution, or twice it with ``upsample``; dropout only with ``dropout_key``."""
+    def __call__(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, *, upsample: bool = False, dropout_key=None
+    ) -> jax.Array:
+        """Predict at the input's resolution, or twice it with ``upsample`` (``labels``: see :meth:`UNet.embed`);
+        dropout only with ``dropout_key``."""
         cfg = self.config
         if x.ndim != 4 or x.shape[-1] != cfg.channels or x.shape[1] != x.shape[2]:
             raise ValueError(f"x must have shape (B, H, H, {cfg.channels}), got {x.shape}")
@@ -72,7 +75,7 @@ class FlexiUNet(UNet):
         counter = itertools.count()
         key = lambda: None if dropout_key is None else jax.random.fold_in(dropout_key, next(counter))
 
-        emb = self.time2(nnx.silu(self.time1(timestep_embedding(t * cfg.time_scale, cfg.base_channels))))
+        emb = self.embed(t, labels)
         h = self.adapt_in[entry](self.stem(x))
         skips = [h]
         for level in range(entry, len(self.down)):

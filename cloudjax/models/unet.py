@@ -32,6 +32,8 @@ class UNetConfig:
     num_heads: attention heads. norm_groups: GroupNorm groups (must divide every width).
     time_scale: t ∈ [0, 1] is multiplied by this before the sinusoidal embedding.
     dtype: computation dtype ("float32" or "bfloat16"); parameters stay float32.
+    num_classes: 0 for an unconditional network; else a learned class embedding of ``num_classes + 1`` rows (the
+    last: "no class", label −1) is added to the time embedding, zero at initialisation.
     """
 
     channels: int = 1
@@ -44,6 +46,7 @@ class UNetConfig:
     norm_groups: int = 32
     time_scale: float = 1000.0
     dtype: str = "float32"
+    num_classes: int = 0
 
     def __post_init__(self):
         widths = [self.base_channels * m for m in self.channel_mults]
@@ -61,6 +64,8 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
 
     @property
     def downsampling(self) -> int:
@@ -174,6 +179,9 @@ class UNet(nnx.Module):
         widths = [ch * m for m in cfg.channel_mults]
         self.time1 = nnx.Linear(ch, emb_dim, rngs=rngs, **kw)
         self.time2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs, **kw)
+        if cfg.num_classes:
+            zeros = nnx.initializers.zeros_init()
+            self.classes = nnx.Embed(cfg.num_classes + 1, emb_dim, embedding_init=zeros, rngs=rngs, **kw)
         self.stem = nnx.Conv(cfg.channels, ch, (3, 3), rngs=rngs, **kw)
 
         skips, down, downsamplers, prev = [ch], [], [], ch
@@ -206,8 +214,25 @@ class UNet(nnx.Module):
         self.out_norm = nnx.GroupNorm(prev, cfg.norm_groups, rngs=rngs, **kw)
         self.out_conv = _zero_conv(prev, cfg.channels, 3, kw, rngs)
 
-    def __call__(self, x: jax.Array, t: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Predict from ``x (B, H, W, C)`` at times ``t (B,)``; dropout only when ``dropout_key`` is given."""
+    def embed(self, t: jax.Array, labels: jax.Array | None) -> jax.Array:
+        """``(B, 4·base_channels)``: the time embedding of ``t (B,)``, plus the class embedding of ``labels (B,)``
+        (int, −1 or None: no class) in a class-conditional network."""
+        cfg = self.config
+        emb = self.time2(nnx.silu(self.time1(timestep_embedding(t * cfg.time_scale, cfg.base_channels))))
+        if not cfg.num_classes:
+            if labels is not None:
+                raise ValueError("labels need a class-conditional network (num_classes > 0)")
+            return emb
+        labels = jnp.full(t.shape, -1) if labels is None else jnp.asarray(labels)
+        if labels.shape != t.shape:
+            raise ValueError(f"labels must have shape {t.shape}, got {labels.shape}")
+        return emb + self.classes(jnp.where(labels < 0, cfg.num_classes, labels)).astype(emb.dtype)
+
+    def __call__(
+        self, x: jax.Array, t: jax.Array, labels: jax.Array | None = None, *, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """Predict from ``x (B, H, W, C)`` at times ``t (B,)`` (for ``labels (B,)``, see :meth:`embed`); dropout
+        only when ``dropout_key`` is given."""
         cfg = self.config
         if x.ndim != 4 or x.shape[-1] != cfg.channels:
             raise ValueError(f"x must have shape (B, H, W, {cfg.channels}), got {x.shape}")
@@ -218,8 +243,7 @@ class UNet(nnx.Module):
         counter = itertools.count()
         key = lambda: None if dropout_key is None else jax.random.fold_in(dropout_key, next(counter))
 
-        emb = timestep_embedding(t * cfg.time_scale, cfg.base_channels)
-        emb = self.time2(nnx.silu(self.time1(emb)))
+        emb = self.embed(t, labels)
         h = self.stem(x)
         skips = [h]
         for level, blocks in enumerate(self.down):

@@ -27,8 +27,12 @@ def make_train_step(
     ema_decay: float,
     grad_accum: int = 1,
     mesh: jax.sharding.Mesh | None = None,
+    label_dropout: float = 0.0,
 ) -> Callable:
     """The step ``(state, batch (B, H, W, C), key) → (state, metrics)``; ``state`` is donated.
+
+    A class-conditional batch is ``(images, labels (B,))``: each label becomes −1 ("no class") with probability
+    ``label_dropout`` (what classifier-free guidance needs) and the loss passes them to the network.
 
     ``diffusion`` is any forward process (:class:`cloudjax.process.ForwardProcess`); the step calls its ``loss``.
     A process with loss branches (scale space) gets one jitted program per branch, the branch drawn on the host
@@ -43,10 +47,15 @@ def make_train_step(
     accum = grad_accum
 
     def loss_fn(params, micro, key, branch):
+        images, labels = micro if isinstance(micro, tuple) else (micro, None)
         loss_key, dropout_key = jax.random.split(key)
         model = nnx.merge(graphdef, params)
         apply_fn = lambda x_t, t, **kw: model(x_t, t, dropout_key=dropout_key, **kw)
-        return diffusion.loss(apply_fn, loss_key, micro, **({} if branch is None else {"branch": branch}))
+        kw = {} if branch is None else {"branch": branch}
+        if labels is not None:
+            dropped = jax.random.bernoulli(jax.random.fold_in(key, 1), label_dropout, labels.shape)
+            kw["labels"] = jnp.where(dropped, -1, labels)
+        return diffusion.loss(apply_fn, loss_key, images, **kw)
 
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -54,7 +63,7 @@ def make_train_step(
         """Mean loss and gradient over the batch: one pass when ``accum == 1``, else over the micro-batches."""
         if accum == 1:
             return grad_fn(params, batch, jax.random.fold_in(key, 0), branch)
-        micro = batch.reshape(batch.shape[0] // accum, accum, *batch.shape[1:]).swapaxes(0, 1)
+        micro = jax.tree.map(lambda a: a.reshape(a.shape[0] // accum, accum, *a.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(carry, inputs):
             loss_sum, grad_sum = carry
@@ -69,7 +78,7 @@ def make_train_step(
         (loss, grads), _ = jax.lax.scan(accumulate, carry, (jnp.arange(accum), micro), unroll=True)
         return loss / accum, jax.tree.map(lambda g: g / accum, grads)
 
-    def step(state: TrainState, batch: jax.Array, key: jax.Array, branch: int | None = None):
+    def step(state: TrainState, batch, key: jax.Array, branch: int | None = None):
         loss, grads = gradients(state.params, batch, key, branch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
