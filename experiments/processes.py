@@ -148,7 +148,7 @@ def train_config(name: str, args: argparse.Namespace):
     )
 
 
-def class_scores(classifier, images: np.ndarray, bootstrap: int, rng: np.random.Generator) -> dict:
+def class_scores(classifier, images: np.ndarray, bootstrap: int, seed: int) -> dict:
     """The classifier's mean confidence (largest softmax probability) with its interval, and the fraction of
     ``images`` assigned to each class."""
     from cloudjax.models.classifier import classifier_features
@@ -156,6 +156,7 @@ def class_scores(classifier, images: np.ndarray, bootstrap: int, rng: np.random.
     logits = classifier.head(jnp.asarray(classifier_features(classifier, images)))
     probs = np.asarray(jax.nn.softmax(logits))
     confidence = probs.max(axis=1)
+    rng = np.random.default_rng(seed)
     draws = [confidence[rng.integers(0, len(confidence), len(confidence))].mean() for _ in range(bootstrap)]
     histogram = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
     return {
@@ -179,12 +180,13 @@ def rmse_ssim(images: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np
     return rmse, np.array(ssim)
 
 
-def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, rng: np.random.Generator) -> dict:
+def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, seed: int) -> dict:
     """``{method: {rmse, ssim, rmse_ci95, ssim_ci95}}`` over the held-out images, and ``algorithm2_gain``:
     per other method, the paired mean of (its RMSE − Algorithm 2's) and (Algorithm 2's SSIM − its) with intervals
     (both > 0 where Algorithm 2 is better)."""
     per_image = {m: rmse_ssim(restored[m], restored["original"]) for m in RESTORATIONS[:-1]}
     n = len(restored["original"])
+    rng = np.random.default_rng(seed)
     draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
     ci = lambda v: interval(np.array([v[i].mean() for i in draws])) if bootstrap else None  # noqa: E731
     table = {
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     classifier_path = args.classifier or out / f"classifier_{data.name}_{args.image_size}.npz"
     classifier = get_classifier(data, classifier_path, args.classifier_steps, args.seed)
     reference = features(data.ref, classifier)
-    key, rng = jax.random.key(args.seed), np.random.default_rng(args.seed)
+    key = jax.random.key(args.seed)
     measured = lambda x: score(reference, x, key, classifier, args.swd_patches, args.bootstrap)  # noqa: E731
     floor, draws = measured(data.ref2[: args.num_samples])
     result = {
@@ -247,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         "restoration": {},
     }
     if classifier is not None:
-        result["floor_classes"] = class_scores(classifier, data.ref2[: args.num_samples], args.bootstrap, rng)
-    sheets, grids = {}, {}
+        result["floor_classes"] = class_scores(classifier, data.ref2[: args.num_samples], args.bootstrap, args.seed)
+    result, sheets, grids = measured_before(out, result, args.models)
 
     def scored(model, sampler: str) -> tuple[dict, np.ndarray]:
         """One sampler's samples of ``model`` and their scores (NFE: network calls, the Gaussian-family samplers
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
             seconds_per_image=seconds,
         )
         if classifier is not None:
-            entry["classes"] = class_scores(classifier, samples, args.bootstrap, rng)
+            entry["classes"] = class_scores(classifier, samples, args.bootstrap, args.seed)
         return entry, samples
 
     for name in args.models:
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
         if spec.restores:
             start = time.perf_counter()
             restored = restore(run, graphdef, params, data.ref[: args.num_samples])
-            table = restoration_table(restored, args.bootstrap, rng)
+            table = restoration_table(restored, args.bootstrap, args.seed)
             table |= {"seconds_per_image": (time.perf_counter() - start) / args.num_samples, "T": run.diffusion.steps}
             result["restoration"][run.config.degradation] = table
             grids[run.config.degradation] = restored
@@ -297,11 +299,44 @@ def main(argv: list[str] | None = None) -> dict:
         result["training"][name] = summary
         result["config"]["load_average_end"] = os.getloadavg()[0]
         (out / "processes.json").write_text(json.dumps(result, indent=1))
+    np.savez(out / "processes_sheets.npz", **{f"{name}/{nfe}": x for (name, nfe), x in sheets.items()})
+    np.savez(out / "processes_restorations.npz", **{f"{d}/{m}": x[:4] for d, g in grids.items() for m, x in g.items()})
     if sheets:
         plot_samples(data.ref, sheets, out / "processes_samples.png")
     if grids:
         restoration_figure(grids, out / "processes_restoration.png")
     return result
+
+
+# the settings that must agree for models measured in separate runs to share one processes.json
+SHARED = ("data", "image_size", "model", "train_steps", "train_batch", "lr", "ema_decay", "num_samples", "num_ref")
+SHARED += ("bootstrap", "swd_patches", "steps", "seed")
+
+
+def measured_before(out: Path, result: dict, models: list[str]) -> tuple[dict, dict, dict]:
+    """``(result, sheets, restorations)`` with what an earlier run measured in ``out`` for models other than
+    ``models`` (a model trains and is scored once, so the models of a study are measured as they finish);
+    ``ValueError`` if that run had other settings."""
+    sheets, grids = {}, {}
+    if not (out / "processes.json").is_file():
+        return result, sheets, grids
+    before = json.loads((out / "processes.json").read_text())
+    differ = [k for k in SHARED if before["config"].get(k) != result["config"][k]]
+    if differ or before["floor"] != result["floor"]:
+        raise ValueError(f"{out}/processes.json was measured with other settings: {differ or ['floor']}")
+    kept = lambda name: name not in models  # noqa: E731
+    result["rows"] = [r for r in before["rows"] if kept(r["variant"])]
+    result["training"] = {name: t for name, t in before["training"].items() if kept(name)}
+    result["restoration"] = {d: t for d, t in before["restoration"].items() if kept(f"restore_{d}")}
+    result["config"]["models"] = [m for m in before["config"]["models"] if kept(m)] + models
+    with np.load(out / "processes_sheets.npz") as stored:
+        sheets = {(k.split("/")[0], int(k.split("/")[1])): stored[k] for k in stored.files if kept(k.split("/")[0])}
+    with np.load(out / "processes_restorations.npz") as stored:
+        for k in stored.files:
+            degradation, method = k.split("/")
+            if kept(f"restore_{degradation}"):
+                grids.setdefault(degradation, {})[method] = stored[k]
+    return result, sheets, grids
 
 
 if __name__ == "__main__":

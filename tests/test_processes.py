@@ -82,3 +82,19 @@ def test_restoration_table_compares_the_three_methods_on_the_same_images(quick):
         assert np.isclose(g["rmse"], table[method]["rmse"] - table["cold"]["rmse"], atol=1e-6)
         assert np.isclose(g["ssim"], table["cold"]["ssim"] - table[method]["ssim"], atol=1e-6)
     assert (out / "processes_restoration.png").stat().st_size > 1000
+
+
+def test_models_measured_later_join_the_same_study(quick):
+    """A later run of some models replaces their entries and keeps the others; other settings are refused."""
+    module, out, workdir, result = quick
+    data = json.loads((out / "processes.json").read_text())["config"]["data"]
+    argv = ["--quick", "--data", data, "--out", str(out), "--workdir", str(workdir)]
+    again = module.main([*argv, "--models", "cold_blur"])
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in rows]  # noqa: E731
+    assert timeless(again["rows"]) == timeless(json.loads(json.dumps(result["rows"])))  # same weights, keys, scores
+    assert again["restoration"] == json.loads(json.dumps(result["restoration"]))
+    assert set(again["training"]) == set(result["training"]) and again["config"]["models"][-1] == "cold_blur"
+    with np.load(out / "processes_sheets.npz") as sheets:
+        assert {k.split("/")[0] for k in sheets.files} == {"ddpm", "cold_blur"}
+    with pytest.raises(ValueError, match="other settings: \\['num_samples'"):
+        module.main([*argv, "--models", "cold_blur", "--num-samples", "8"])
