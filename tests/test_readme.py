@@ -25,3 +25,10 @@ def test_api_example_runs_and_its_results_hold():
     white = np.asarray(cj.WhiteNoise().sample(scope["jax"].random.key(9), samples.shape))
     assert samples.shape == (16, 32, 32, 1)
     assert cj.spectral_distance(x0[:256], samples) < 0.5 * cj.spectral_distance(x0[:256], white)
+
+
+def test_conditioning_example_runs_as_written():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    scope = {}
+    exec(next(b for b in blocks if "guidance=" in b), scope)
+    assert scope["guided"].shape == (10, 16, 16, 1) and np.isfinite(float(scope["loss"]))
