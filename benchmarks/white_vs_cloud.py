@@ -500,7 +500,7 @@ def trained(name: str, spec: str, data: Dataset, workdir: Path, args: argparse.N
     from cloudjax.train import TrainConfig, check_workdir, load_run, train
 
     variant = VARIANTS[name]
-    config = TrainConfig(
+    settings = dict(
         data=spec,
         data_dir=args.data_dir,
         image_size=args.image_size,
@@ -522,6 +522,7 @@ def trained(name: str, spec: str, data: Dataset, workdir: Path, args: argparse.N
         loss_weighting=variant.loss_weighting,
         seed=args.seed,
     )
+    config = TrainConfig.from_flat(settings)
     run = check_workdir(config, workdir)  # refuses a folder that holds a different run
 
     def saved(stage: float):

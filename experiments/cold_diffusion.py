@@ -27,11 +27,14 @@ import jax
 import numpy as np
 
 from cloudjax.data import open_source
-from cloudjax.generate import RESTORATIONS, generate, restore
+from cloudjax.generate import generate, restore
 from cloudjax.metrics import fourier_features, frechet_distance, sliced_wasserstein, spectral_distance
+from cloudjax.registry import samplers_for
 from cloudjax.train import TrainConfig, load_run, train
 
 DEGRADATIONS = ("blur", "mask", "downsample")
+# the columns of a restoration (cloudjax.generate.restore): D(x, T), the samplers from one-shot to Algorithm 2, x
+RESTORATIONS = ("degraded", *samplers_for("cold"), "original")
 
 
 def rmse_ssim(images: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -118,15 +121,15 @@ def main(argv=None) -> dict:
         print(name, table[name], flush=True)
 
     for name in degradations:
-        config = TrainConfig(**base, process="cold", degradation=name)
+        config = TrainConfig.from_flat({**base, "process": "cold", "degradation": name})
         run, graphdef, state, runs[name] = _train(config, out / "runs" / name, source)
         restoration_row(name, run, graphdef, state)
 
     # generation: cold blur to the mean + mean prior, vs a Gaussian model with the same network and budget
     generated = {}
     models = [
-        ("cold_blur", TrainConfig(**base, process="cold", degradation="blur", generation=True), "cold", None),
-        ("gaussian", TrainConfig(**base, process="gaussian"), "ddim", 50),
+        ("cold_blur", TrainConfig.from_flat({**base, "process": "cold", "generation": True}), "cold", None),
+        ("gaussian", TrainConfig.from_flat({**base, "process": "gaussian"}), "ddim", 50),
     ]
     for name, config, method, steps in models[:1] if args.quick else models:
         run, graphdef, state, runs[name] = _train(config, out / "runs" / name, source)

@@ -18,7 +18,7 @@ a resumed run gives the same parameters as an uninterrupted one.
 """
 
 from cloudjax.train.checkpoints import load_run
-from cloudjax.train.config import MAX_DEGRADATION_STEPS, TrainConfig
+from cloudjax.train.config import TrainConfig
 from cloudjax.train.loop import TrainingDiverged, train
 from cloudjax.train.run import Run, check_workdir
 from cloudjax.train.state import (
@@ -45,5 +45,4 @@ __all__ = [
     "check_workdir",
     "load_run",
     "initialize_distributed",
-    "MAX_DEGRADATION_STEPS",
 ]
