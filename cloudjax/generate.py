@@ -47,8 +47,8 @@ def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, m
 def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndarray]:
     """The restorations of ``images`` ``(N, H, W, C)`` (data units) by a run whose process is a deterministic
     degradation (:class:`~cloudjax.process.Degradation`: Cold Diffusion): ``{name: (N, H, W, C)}``, in order
-    "degraded" (D(x, T)), one per sampler of the process from the one-shot to the full algorithm (cold: "direct",
-    "cold_naive" = Algorithm 1, "cold" = Algorithm 2; ``steps`` each, None: T), "original". Deterministic: no key."""
+    "degraded" (D(x, T)), one per sampler of the process from the one-shot to the full algorithm (Cold Diffusion's:
+    direct, Algorithm 1, Algorithm 2; ``steps`` each, None: T), "original". Deterministic: no key."""
     process = run.diffusion
     if not isinstance(process, Degradation):
         kind = run.config.process.kind

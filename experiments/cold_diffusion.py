@@ -12,6 +12,8 @@ step budget sampled with 50 DDIM steps, both scored against held-out images with
 
 Writes ``cold_diffusion.json`` (settings, machine, table, generation scores, times) and ``cold_diffusion.png``
 (per degradation, rows of degraded | direct | Algorithm 1 | Algorithm 2 | original; then generated samples).
+The settings (the flags' defaults, the models and what they share) are ``configs/cold_diffusion.json``; each model
+samples with its process's default sampler (Algorithm 2 with T steps; 50 DDIM steps).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from cloudjax.metrics import fourier_features, frechet_distance, sliced_wasserst
 from cloudjax.registry import samplers_for
 from cloudjax.train import TrainConfig, load_run, train
 
-DEGRADATIONS = ("blur", "mask", "downsample")
+PRESET = json.loads((Path(__file__).parent / "configs" / "cold_diffusion.json").read_text())
 # the columns of a restoration (cloudjax.generate.restore): D(x, T), the samplers from one-shot to Algorithm 2, x
 RESTORATIONS = ("degraded", *samplers_for("cold"), "original")
 
@@ -71,14 +73,14 @@ def _machine() -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="experiments/results/cold_diffusion")
-    parser.add_argument("--data", default="fashion_mnist:train", help="training data")
-    parser.add_argument("--test-data", default="fashion_mnist:test", help="held-out images")
-    parser.add_argument("--image-size", type=int, default=16)
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--train-steps", type=int, default=1500, help="training steps per model")
-    parser.add_argument("--num", type=int, default=128, help="held-out images per table row and samples per model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=PRESET["data"], help="training data")
+    parser.add_argument("--test-data", default=PRESET["test_data"], help="held-out images")
+    parser.add_argument("--image-size", type=int, default=PRESET["image_size"])
+    parser.add_argument("--model", default=PRESET["model"])
+    parser.add_argument("--batch-size", type=int, default=PRESET["batch_size"])
+    parser.add_argument("--train-steps", type=int, default=PRESET["train_steps"], help="training steps per model")
+    parser.add_argument("--num", type=int, default=PRESET["num"], help="held-out images per row, samples per model")
+    parser.add_argument("--seed", type=int, default=PRESET["seed"])
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -86,8 +88,8 @@ def main(argv=None) -> dict:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.image_size, args.train_steps, args.num, args.batch_size = 8, 30, 4, 8
-    degradations = () if args.quick else DEGRADATIONS
+        vars(args).update(PRESET["quick"])
+    degradations = {} if args.quick else PRESET["restoration"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -97,12 +99,12 @@ def main(argv=None) -> dict:
     idx = np.sort(np.random.default_rng(args.seed).permutation(held_out.num_examples)[: args.num])
     reference = np.asarray(held_out.get(idx), np.float32)
     base = dict(
+        **PRESET["train"],
         data=args.data,
         image_size=args.image_size,
         model=args.model,
         batch_size=args.batch_size,
         steps=args.train_steps,
-        lr=1e-3,
         warmup_steps=min(100, args.train_steps // 10),
         checkpoint_every=args.train_steps,
         log_every=max(1, args.train_steps // 10),
@@ -120,23 +122,22 @@ def main(argv=None) -> dict:
         grids[name] = restored
         print(name, table[name], flush=True)
 
-    for name in degradations:
-        config = TrainConfig.from_flat({**base, "process": "cold", "degradation": name})
+    for name, settings in degradations.items():
+        config = TrainConfig.from_flat({**base, **settings})
         run, graphdef, state, runs[name] = _train(config, out / "runs" / name, source)
         restoration_row(name, run, graphdef, state)
 
     # generation: cold blur to the mean + mean prior, vs a Gaussian model with the same network and budget
     generated = {}
-    models = [
-        ("cold_blur", TrainConfig.from_flat({**base, "process": "cold", "generation": True}), "cold", None),
-        ("gaussian", TrainConfig.from_flat({**base, "process": "gaussian"}), "ddim", 50),
-    ]
-    for name, config, method, steps in models[:1] if args.quick else models:
-        run, graphdef, state, runs[name] = _train(config, out / "runs" / name, source)
+    models = list(PRESET["generation"].items())
+    for name, settings in models[:1] if args.quick else models:
+        run, graphdef, state, runs[name] = _train(
+            TrainConfig.from_flat({**base, **settings}), out / "runs" / name, source
+        )
         if args.quick and name == "cold_blur":
             restoration_row("blur_to_mean", run, graphdef, state)
         key = jax.random.key(args.seed + 1)
-        generated[name] = np.clip(generate(run, graphdef, state.ema, key, args.num, steps, method), 0, 1)
+        generated[name] = np.clip(generate(run, graphdef, state.ema, key, args.num), 0, 1)
     scores = {}
     for name, images in generated.items():
         swd = sliced_wasserstein(reference, images, jax.random.key(0), min_resolution=min(8, args.image_size))

@@ -83,7 +83,7 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay")
     clip_norm: float = setting(1.0, "global gradient-norm clip")
     ema_decay: float = setting(0.999, "EMA decay")
-    process: Any = dataclasses.field(default_factory=lambda: registry.process_spec("gaussian")())
+    process: ProcessSpec = dataclasses.field(default_factory=lambda: registry.process_spec("gaussian")())
     checkpoint_every: int = setting(1000, "checkpoint interval in steps")
     keep: int = setting(3, "checkpoints kept")
     sample_every: int = setting(0, "EMA sample grid interval (0: never)")
