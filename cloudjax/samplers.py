@@ -50,7 +50,7 @@ from jax.tree_util import Partial
 
 from cloudjax import registry
 from cloudjax.diffusion import check_output
-from cloudjax.process import ForwardProcess, NetworkUpsampling, OwnGaussianStep
+from cloudjax.process import NetworkUpsampling, OwnGaussianStep
 
 __all__ = ["sample", "METHODS", "Sampler", "Step"]
 
@@ -137,7 +137,7 @@ METHODS = {
 def _check(process, method: str, eta: float, stochasticity: float, shape) -> None:
     registry.check("method", method, METHODS)
     kinds = registry.SAMPLERS[method]
-    if not (isinstance(process, ForwardProcess) and process.kind in kinds):
+    if process.kind not in kinds:
         raise ValueError(f"method {method!r} drives {' and '.join(kinds)} processes, not {type(process).__name__}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
