@@ -574,12 +574,12 @@ def test_a_hand_edited_run_json_is_refused(copy, capsys, edit):
 
 
 def test_run_json_of_older_versions_keeps_loading(copy):
-    # older versions stored the defaults of settings that did not apply to the run
+    # older versions stored one flat config, with the defaults of settings that did not apply to the run
     old = dict(degradation="blur", blur_routine="constant", blur_padding="circular", mask_initial=11.0)
-    old.update(generation=False, gmm_components=1)
+    old.update(generation=False, gmm_components=1, levels=None, blur_std=None)
     run = json.loads((copy / "run.json").read_text())
     expected = Run.read(copy)
-    (copy / "run.json").write_text(json.dumps({**run, "config": {**run["config"], **old}}))
+    (copy / "run.json").write_text(json.dumps({**run, "config": {**expected.config.flat(), **old}}))
     assert Run.read(copy) == expected
 
 
