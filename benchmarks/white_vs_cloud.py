@@ -462,7 +462,8 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace, fr
     def sample(run, graphdef, params) -> Model:
         # the loss weighting plays no part in sampling: one value lets the variants that differ only in it
         # share their compiled samplers (one compile per sampler and NFE each costs seconds)
-        run = dataclasses.replace(run, config=dataclasses.replace(run.config, loss_weighting="pixel"))
+        process = dataclasses.replace(run.config.process, loss_weighting="pixel")
+        run = dataclasses.replace(run, config=dataclasses.replace(run.config, process=process))
         return lambda key, num, steps, method, t_start: generate(
             run, graphdef, params, key, num, steps=steps, method=method, t_start=t_start
         )
