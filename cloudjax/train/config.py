@@ -142,13 +142,14 @@ class TrainConfig:
 
     def flat(self) -> dict[str, Any]:
         """The flat settings of this config (``TrainConfig.from_flat(config.flat()) == config``)."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "process"}
-        return {**own, "process": self.process.kind, **dataclasses.asdict(self.process)}
+        return {**self._own(), "process": self.process.kind, **dataclasses.asdict(self.process)}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form, as run.json holds it: the process as ``{"kind": name, **its fields}``."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "process"}
-        return {**own, "process": {"kind": self.process.kind, **dataclasses.asdict(self.process)}}
+        return {**self._own(), "process": {"kind": self.process.kind, **dataclasses.asdict(self.process)}}
+
+    def _own(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "process"}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrainConfig:
