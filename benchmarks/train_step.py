@@ -64,7 +64,8 @@ def _time(fn, iters: int) -> float:
 
 
 def bench(model: str, size: int, dtype: str, noise: str, batch: int, iters: int) -> dict:
-    config = TrainConfig(model=model, image_size=size, dtype=dtype, batch_size=batch, noise=noise, warmup_steps=0)
+    settings = dict(model=model, image_size=size, dtype=dtype, batch_size=batch, noise=noise, warmup_steps=0)
+    config = TrainConfig.from_flat(settings)
     mesh = make_mesh()
     replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_state(config, replicated)

@@ -283,7 +283,8 @@ def unet_model(name: str, spec: str, data: Dataset, args: argparse.Namespace, fr
     def sample(run, graphdef, params) -> Model:
         # the loss weighting plays no part in sampling: one value lets the variants that differ only in it
         # share their compiled samplers (one compile per sampler and NFE each costs seconds)
-        run = dataclasses.replace(run, config=dataclasses.replace(run.config, loss_weighting="pixel"))
+        process = dataclasses.replace(run.config.process, loss_weighting="pixel")
+        run = dataclasses.replace(run, config=dataclasses.replace(run.config, process=process))
         return lambda key, num, steps, method, t_start: generate(
             run, graphdef, params, key, num, steps=steps, method=method, t_start=t_start
         )
@@ -307,27 +308,29 @@ def train_config(name: str, spec: str, args: argparse.Namespace):
     from cloudjax.train import TrainConfig
 
     variant = VARIANTS[name]
-    return TrainConfig(
-        data=spec,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        channels=1,
-        model=args.model,
-        dtype=args.dtype,
-        batch_size=args.train_batch,
-        steps=args.train_steps,
-        decay_steps=args.train_steps,
-        lr=args.lr,
-        prediction=args.prediction,
-        warmup_steps=min(500, args.train_steps // 10),
-        checkpoint_every=min(args.train_steps, 1000),
-        log_every=min(args.train_steps, 50),
-        ema_decay=args.ema_decay,
-        noise=variant.noise,
-        delta=variant.delta,
-        schedule=variant.schedule,
-        loss_weighting=variant.loss_weighting,
-        seed=args.seed,
+    return TrainConfig.from_flat(
+        dict(
+            data=spec,
+            data_dir=args.data_dir,
+            image_size=args.image_size,
+            channels=1,
+            model=args.model,
+            dtype=args.dtype,
+            batch_size=args.train_batch,
+            steps=args.train_steps,
+            decay_steps=args.train_steps,
+            lr=args.lr,
+            prediction=args.prediction,
+            warmup_steps=min(500, args.train_steps // 10),
+            checkpoint_every=min(args.train_steps, 1000),
+            log_every=min(args.train_steps, 50),
+            ema_decay=args.ema_decay,
+            noise=variant.noise,
+            delta=variant.delta,
+            schedule=variant.schedule,
+            loss_weighting=variant.loss_weighting,
+            seed=args.seed,
+        )
     )
 
 

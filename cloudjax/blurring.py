@@ -33,8 +33,9 @@ mode) is ``E[X0 | x_t] = A C / (A² C + σ² N) · X_t`` per mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -43,13 +44,15 @@ import numpy as np
 from flax import struct
 
 from cloudjax import registry
+from cloudjax._config import fill, setting
 from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, _per_example, stratified_times
 from cloudjax.noise import WhiteNoise
+from cloudjax.noise_settings import NoiseSettings, loss_setting
 from cloudjax.process import OwnGaussianStep, check_output, check_times, with_labels
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import dct2, idct2, irfft_real, rfft_real, wavenumbers
 
-__all__ = ["BlurringDiffusion", "blurring_oracle", "default_blur_sigma_max", "laplacian_eigenvalues"]
+__all__ = ["BlurringDiffusion", "BlurringSpec", "blurring_oracle", "default_blur_sigma_max", "laplacian_eigenvalues"]
 
 
 def default_blur_sigma_max(H: int, W: int) -> float:
@@ -231,3 +234,42 @@ def blurring_oracle(diffusion: BlurringDiffusion, data_variance) -> Callable:
         return diffusion.from_modes(A * C / (A**2 * C + sigma**2 * N) * diffusion.to_modes(x_t))
 
     return denoise
+
+
+@dataclasses.dataclass(frozen=True)
+class BlurringSpec(NoiseSettings):
+    """The spec of :class:`BlurringDiffusion`: the noise settings and the blur (``blur_sigma_max`` None: 20·S/32 px
+    for S px images; ``blur_basis`` None: "dct" for white noise, "fourier" for cloud); a UNet predicting x0 with the
+    reference code's min-SNR loss; DDIM with 50 steps."""
+
+    kind = "blurring"
+
+    loss_weighting: str = loss_setting("min_snr")
+    blur_sigma_max: float | None = setting(None, "blur std in px at t = 1 (default 20·size/32)")
+    blur_basis: str | None = setting(
+        None, "dct (the paper's, reflecting boundaries; white noise) or fourier (periodic; cloud)", registry.BLUR_BASES
+    )
+    blur_schedule: str = setting("sin2", "σ_B(t) ∝ sin² (the paper's) or sin (older runs)", registry.BLUR_SCHEDULES)
+
+    def __post_init__(self):
+        super().__post_init__()
+        fill(self, blur_basis="dct" if self.noise == "white" else "fourier")
+        if self.blur_basis == "dct" and self.noise != "white":
+            raise ValueError("blur_basis 'dct' needs white noise; cloud noise is diagonal in the Fourier basis only")
+        if self.blur_sigma_max is not None and not self.blur_sigma_max >= 0:
+            raise ValueError(f"blur_sigma_max must be >= 0, got {self.blur_sigma_max}")
+
+    @classmethod
+    def upgrade(cls, settings: dict) -> dict:
+        """Older runs: a periodic blur of σ_B = 20 sin(πt/2) px where their settings do not say."""
+        return super().upgrade({"blur_sigma_max": 20.0, "blur_basis": "fourier", "blur_schedule": "sin", **settings})
+
+    def resolve(self, image_size: int, channels: int, unet) -> BlurringSpec:
+        self._check_grey_cloud(channels)
+        sigma_max = default_blur_sigma_max(image_size, image_size)
+        return self if self.blur_sigma_max is not None else dataclasses.replace(self, blur_sigma_max=sigma_max)
+
+    def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> BlurringDiffusion:
+        noise, schedule = self.noise_model(measurements, image_shape[-1]), self.schedule_model(measurements)
+        blur = dict(basis=self.blur_basis, blur_schedule=self.blur_schedule, loss_weighting=self.loss_weighting)
+        return BlurringDiffusion(noise, schedule, self.blur_sigma_max, **blur)

@@ -21,9 +21,10 @@ A degradation is any callable ``D(x0, t)`` with x0 ``(B, H, W, C)`` and integer 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -32,11 +33,17 @@ import numpy as np
 from flax import struct
 from jax.tree_util import Partial
 
-from cloudjax import registry
+from cloudjax import degradations, registry
+from cloudjax._config import check_fields, fill, refuse, setting
 from cloudjax.diffusion import error_norm
+from cloudjax.models import UNet
 from cloudjax.process import Degradation, check_output, with_labels
 
-__all__ = ["ColdDiffusion", "MeanPrior", "fit_gmm"]
+__all__ = ["ColdDiffusion", "ColdSpec", "MeanPrior", "fit_gmm", "MAX_DEGRADATION_STEPS"]
+
+# The largest T of a ColdSpec: a degradation works on (batch, T, H, W) arrays (the mask) or T + 1 transfer tables
+# (the blur), so T = 1,000 keeps a batch of 64 at 32 px under 300 MB; the Cold Diffusion paper's largest T is 300.
+MAX_DEGRADATION_STEPS = 1000
 
 
 def fit_gmm(x, components: int = 1, iterations: int = 100, seed: int = 0, reg: float = 1e-6):
@@ -221,3 +228,137 @@ class ColdDiffusion(Degradation):
     def output(self, x: jnp.ndarray, x0: jnp.ndarray, at_end) -> jnp.ndarray:
         """The last state (restored when t_end = 0)."""
         return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdSpec:
+    """The spec of :class:`ColdDiffusion` (:class:`~cloudjax.process.ProcessSpec`) over one of the built-in
+    degradations, "blur" (default), "mask", "downsample" or "decolor", with T = ``degradation_steps`` <= 1,000; a
+    UNet; Algorithm 2 with T steps. Settings left None take the reference code's MNIST/CIFAR values scaled to the
+    image size S (:func:`_size_defaults`, filled by ``resolve``): blur T = 20 steps of a constant σ = 7·S/28 px
+    Gaussian, kernel ≈ 11·S/28 (odd), ``blur_routine`` "constant", ``blur_padding`` "circular"; mask T = 50,
+    σ_i = mask_std·(i + mask_initial) with mask_std = 0.1·S/32, mask_initial 11; downsample T = log2(S/4); decolor
+    T = 20. generation (blur only, default False): the last step goes to the per-channel mean and a
+    ``gmm_components`` (default 1) Gaussian mixture of the data's means is measured to generate new images; without
+    it sampling restores degraded images. A setting given where it does not apply is refused.
+    """
+
+    kind = "cold"
+
+    degradation: str = setting("blur", "what D(x0, t) does", registry.DEGRADATIONS)
+    degradation_steps: int | None = setting(
+        None, "T (defaults, the reference code's: blur 20, mask 50, downsample log2(size/4), decolor 20)"
+    )
+    blur_routine: str | None = setting(None, "blur stds per step (default constant)", registry.BLUR_ROUTINES)
+    blur_std: float | None = setting(None, "blur std in px (default 7·size/28, constant)")
+    blur_kernel: int | None = setting(None, "blur kernel side (default ≈ 11·size/28, odd)")
+    blur_padding: str | None = setting(None, "blur padding (default circular)", ("circular", "reflect"))
+    mask_std: float | None = setting(None, "mask: σ_i = std·(i + initial) (default 0.1·size/32)")
+    mask_initial: float | None = setting(None, "mask: initial of σ_i (default 11)")
+    generation: bool | None = setting(
+        None, "blur: last step to the per-channel mean, fit a Gaussian mixture to the means to generate"
+    )
+    gmm_components: int | None = setting(None, "generation: mixture components (default 1)")
+    loss_weighting: str = setting("l1", "loss: the norm of the x0 error", registry.LOSSES["cold"])
+
+    def __post_init__(self):
+        check_fields(self)
+        blur, mask = self.degradation == "blur", self.degradation == "mask"
+        if blur:
+            fill(self, blur_routine="constant", blur_padding="circular", generation=False)
+        if mask:
+            fill(self, mask_initial=11.0)
+        if self.generation:
+            fill(self, gmm_components=1)
+        what = f"process 'cold' with degradation {self.degradation!r}"
+        what += " without generation" if blur and not self.generation else ""
+        applies = dict(blur_routine=blur, blur_std=blur, blur_kernel=blur, blur_padding=blur, generation=blur)
+        refuse(self, what, **applies, gmm_components=bool(self.generation), mask_std=mask, mask_initial=mask)
+        T = self.degradation_steps
+        if T is not None and not 1 <= T <= MAX_DEGRADATION_STEPS:
+            raise ValueError(f"degradation_steps must be in 1 … {MAX_DEGRADATION_STEPS}, got {T}")
+        positive = dict(blur_std=self.blur_std, blur_kernel=self.blur_kernel, mask_std=self.mask_std)
+        positive.update(mask_initial=self.mask_initial, gmm_components=self.gmm_components)
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+    @property
+    def generates(self) -> bool:
+        return bool(self.generation)
+
+    sampler = "cold"
+
+    @property
+    def sampler_steps(self) -> int:
+        return self.degradation_steps
+
+    def resolve(self, image_size: int, channels: int, unet) -> ColdSpec:
+        """The size defaults filled; the degradation checked against the images (built once)."""
+        if self.degradation == "decolor" and channels == 1:
+            raise ValueError("degradation 'decolor' needs channels=3 (grey images have no colour to fade)")
+        defaults = _size_defaults(self.degradation, image_size)
+        spec = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        if spec.degradation == "blur" and spec.blur_kernel > image_size:
+            raise ValueError(f"blur_kernel {spec.blur_kernel} is larger than the image ({image_size} px)")
+        if spec.degradation == "downsample" and image_size % 2**spec.degradation_steps:
+            T = spec.degradation_steps
+            raise ValueError(f"degradation_steps {T} halves {image_size} px below one pixel or unevenly")
+        spec.degrade()
+        return spec
+
+    def network(self, unet, image_size: int, rngs):
+        return UNet(unet, rngs=rngs)
+
+    def measure(self, images: np.ndarray, std: np.ndarray, seed: int) -> dict:
+        """Generation: the :class:`MeanPrior` of the images, with the reference code's 0.002 "broken symmetry" noise
+        on [−1, 1] images in normalised units (data are in [0, 1])."""
+        if not self.generation:
+            return {}
+        prior = MeanPrior.fit(images, self.gmm_components, noise=0.001 / float(np.mean(std)), seed=seed)
+        return {"mean_prior": dataclasses.asdict(prior)}
+
+    def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> ColdDiffusion:
+        for name in set(measurements) ^ ({"mean_prior"} if self.generation else set()):
+            raise ValueError(f"{name} must be measured for cold generation (and only then)")
+        prior = _mean_prior(measurements["mean_prior"], image_shape[-1]) if self.generation else None
+        return ColdDiffusion(self.degrade(), self.degradation_steps, self.loss_weighting, prior)
+
+    def degrade(self):
+        """The degradation D of these (resolved) settings."""
+        T = self.degradation_steps
+        if self.degradation == "blur":
+            routine = (self.blur_routine, T, self.blur_std, self.blur_kernel, self.blur_padding)
+            return degradations.GaussianBlur.from_routine(*routine, final_mean=self.generation)
+        if self.degradation == "mask":
+            return degradations.GaussianMask.linear(T, self.mask_std, self.mask_initial)
+        return degradations.Downsample(T) if self.degradation == "downsample" else degradations.Decolorize(T)
+
+
+def _size_defaults(degradation: str, size: int) -> dict:
+    """The reference code's MNIST/CIFAR settings (28–32 px) scaled to ``size`` px images."""
+    if degradation == "blur":
+        kernel = max(3, int(11 * size / 28) - (int(11 * size / 28) + 1) % 2)  # odd, ≈ 11 at 28 px
+        std, kernel = round(7 * size / 28, 3), min(kernel, size - 1 + size % 2)
+        return dict(degradation_steps=20, blur_std=std, blur_kernel=kernel)
+    if degradation == "mask":
+        return dict(degradation_steps=50, mask_std=round(0.1 * size / 32, 4))
+    if degradation == "downsample":
+        return dict(degradation_steps=max(1, int(math.log2(size / 4))))
+    return dict(degradation_steps=20)
+
+
+def _mean_prior(stored: Mapping, channels: int) -> MeanPrior:
+    """The :class:`MeanPrior` of its run.json entry, checked: ``ValueError`` unless it holds finite weights
+    ``(K,)`` >= 0 summing to 1, means ``(K, C)``, Cholesky factors ``(K, C, C)`` and a noise std >= 0."""
+    tuples = lambda v: tuple(map(tuples, v)) if isinstance(v, list | tuple) else v
+    p = MeanPrior(**{k: tuples(v) for k, v in stored.items()})
+    w, m, L = (np.asarray(a, np.float64) for a in (p.weights, p.means, p.chol))
+    K, C = len(w), channels
+    shapes = (w.shape, m.shape, L.shape) == ((K,), (K, C), (K, C, C))
+    values = np.concatenate([w, m.ravel(), L.ravel(), [p.noise]]) if shapes else None
+    if not (shapes and np.isfinite(values).all() and w.min() >= 0 and p.noise >= 0):
+        raise ValueError("mean_prior must hold finite weights (K,) >= 0, means (K, C), chol (K, C, C) and noise")
+    if abs(w.sum() - 1) > 1e-4:
+        raise ValueError(f"mean_prior's weights must sum to 1, got {w.sum()}")
+    return p

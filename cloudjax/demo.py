@@ -16,6 +16,14 @@ from cloudjax.train import TrainConfig, load_run, train
 
 __all__ = ["run_demo"]
 
+# The two runs' settings, as flat settings (what `cloudjax train`'s flags give): the same network, prediction and
+# optimiser; cloud noise with the author's Mahalanobis loss, white with the pixel loss.
+PRESET = dict(model="tiny", lr=1e-3, prediction="v")
+NOISES = {
+    "white": dict(noise="white", loss_weighting="pixel"),
+    "cloud": dict(noise="cloud", loss_weighting="mahalanobis"),
+}
+
 
 def run_demo(out: str | Path, steps: int = 20_000, minutes: float = 7.0, quick: bool = False, seed: int = 0) -> dict:
     """Fit Δ on natural patches, train a white and a cloud ``tiny`` model, sample both, write a report.
@@ -47,23 +55,10 @@ def run_demo(out: str | Path, steps: int = 20_000, minutes: float = 7.0, quick: 
     summary = {"delta": delta, "amplitude": report["amplitude"], "r_value": report["r_value"], "image_size": size}
     samples = {"data": data[:num]}
     for remaining, noise in ((2, "white"), (1, "cloud")):
-        config = TrainConfig(
-            data=spec,
-            image_size=size,
-            model="tiny",
-            batch_size=batch,
-            steps=steps,
-            lr=1e-3,
-            warmup_steps=min(100, steps // 10),
-            ema_decay=0.99 if quick else 0.995,
-            noise=noise,
-            delta=delta if noise == "cloud" else None,
-            prediction="v",
-            loss_weighting="mahalanobis" if noise == "cloud" else "pixel",
-            checkpoint_every=steps,
-            log_every=max(1, steps // 10),
-            seed=seed,
-        )
+        sizes = dict(data=spec, image_size=size, batch_size=batch, steps=steps, warmup_steps=min(100, steps // 10))
+        intervals = dict(checkpoint_every=steps, log_every=max(1, steps // 10), ema_decay=0.99 if quick else 0.995)
+        fitted = dict(delta=delta) if noise == "cloud" else {}
+        config = TrainConfig.from_flat({**PRESET, **NOISES[noise], **sizes, **intervals, **fitted, "seed": seed})
         tic = time.perf_counter()
         budget = max(10.0, (deadline - tic) / remaining - 60)  # 60 s: compiling and sampling
         result = train(config, out / noise, source=source, time_limit=budget)

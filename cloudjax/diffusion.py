@@ -24,12 +24,14 @@ one scale; for a zero ε prediction ``l2`` and ``mahalanobis`` give 1 per pixel)
 Time weightings: none, or ``"min_snr"``, Min-SNR-γ (Hang et al. 2023): the x0-space error weighted by
 min(SNR, γ), SNR = α²/σ², i.e. ``min(SNR, γ) / SNR`` on ε errors and ``min(SNR, γ) / (SNR + 1)`` on v errors.
 
-:class:`GaussianDiffusion` implements :class:`cloudjax.process.ForwardProcess` (``kind = "gaussian"``).
+:class:`GaussianDiffusion` implements :class:`cloudjax.process.ForwardProcess` (``kind = "gaussian"``); its spec
+(:class:`cloudjax.process.ProcessSpec`) is :class:`GaussianSpec`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -38,13 +40,16 @@ import numpy as np
 from flax import struct
 
 from cloudjax import registry
+from cloudjax._config import setting
 from cloudjax.noise import WhiteNoise
+from cloudjax.noise_settings import NoiseSettings
 from cloudjax.process import check_output, check_times, with_labels
 from cloudjax.schedules import get_schedule, time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
 __all__ = [
     "GaussianDiffusion",
+    "GaussianSpec",
     "PREDICTIONS",
     "LOSS_WEIGHTINGS",
     "to_x0_eps",
@@ -329,3 +334,17 @@ def gaussian_oracle_loss(
     per_mode = gain**2 * V / (N if diffusion.norm == "mahalanobis" else 1.0)
     losses = diffusion.time_weight(t_flat[:, 0, 0, 0]) * jnp.mean(per_mode, axis=(1, 2, 3))
     return jnp.mean(losses) if t is None else losses.reshape(jnp.shape(ts))
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSpec(NoiseSettings):
+    """The spec of :class:`GaussianDiffusion`: the noise settings (:class:`~cloudjax.noise_settings.NoiseSettings`)
+    and the network's target ``prediction``; a UNet, the DDIM sampler with 50 steps."""
+
+    kind = "gaussian"
+
+    prediction: str = setting("eps", "network target", registry.PREDICTIONS)
+
+    def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> GaussianDiffusion:
+        noise = self.noise_model(measurements, image_shape[-1])
+        return GaussianDiffusion(noise, self.schedule_model(measurements), self.prediction, self.loss_weighting)

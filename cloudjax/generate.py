@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from cloudjax import registry
+from cloudjax.process import Degradation
 from cloudjax.samplers import sample
 
 if TYPE_CHECKING:
@@ -27,14 +28,14 @@ def _denoiser(graphdef: nnx.GraphDef) -> Callable:
 def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, method=None, init_noise=None, **kw):
     """``num`` samples in data units (de-normalised), float32 ``(num, H, W, C)``, from ``params`` (e.g. the EMA).
 
-    ``steps`` None: 50 for Gaussian runs, T for cold ones; ``method`` None: "ddim" or "cold". ``init_noise``:
-    see :func:`cloudjax.sample` (cold restoration: the degraded images, normalised).
+    ``steps``, ``method`` None: the process spec's default sampler and its steps (DDIM with 50 steps for the
+    Gaussian family, Algorithm 2 with T steps for cold runs). ``init_noise``: see :func:`cloudjax.sample` (cold
+    restoration: the degraded images, normalised).
     """
     c = run.config
     process = run.diffusion
-    if steps is None:
-        steps = process.steps if c.process == "cold" else 50
-    method = method or registry.samplers_for(process.kind)[0]
+    steps = c.process.sampler_steps if steps is None else steps
+    method = method or c.process.sampler
     kw["init_noise"] = init_noise
     shape = (num, c.image_size, c.image_size, c.channels)
     x = sample(
@@ -43,20 +44,19 @@ def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, m
     return np.asarray(run.denormalize(x))
 
 
-RESTORATIONS = ("degraded", "direct", "cold_naive", "cold", "original")
-
-
 def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndarray]:
-    """A cold run's restorations of ``images`` ``(N, H, W, C)`` (data units): ``{name: (N, H, W, C)}`` for the
-    names in :data:`RESTORATIONS`: D(x, T), the direct reconstruction, Algorithm 1, Algorithm 2 (``steps``
-    each, None: T), the originals. Deterministic: no key is used."""
-    if run.config.process != "cold":
-        raise ValueError(f"restore needs a cold run, this one is {run.config.process!r}")
+    """The restorations of ``images`` ``(N, H, W, C)`` (data units) by a run whose process is a deterministic
+    degradation (:class:`~cloudjax.process.Degradation`: Cold Diffusion): ``{name: (N, H, W, C)}``, in order
+    "degraded" (D(x, T)), one per sampler of the process from the one-shot to the full algorithm (Cold Diffusion's:
+    direct, Algorithm 1, Algorithm 2; ``steps`` each, None: T), "original". Deterministic: no key."""
+    process = run.diffusion
+    if not isinstance(process, Degradation):
+        kind = run.config.process.kind
+        raise ValueError(f"restore needs a process that degrades deterministically (cold), not {kind!r}")
     x = np.asarray(images, np.float32)
     z = jnp.asarray(run.normalize(x), jnp.float32)
-    process = run.diffusion
     degraded = process.degrade(z, jnp.full(z.shape[:1], process.steps))
     out = {"degraded": np.asarray(run.denormalize(degraded))}
-    for method in ("direct", "cold_naive", "cold"):
+    for method in registry.samplers_for(process.kind):
         out[method] = generate(run, graphdef, params, jax.random.key(0), len(x), steps, method, init_noise=degraded)
     return {**out, "original": x}

@@ -43,14 +43,19 @@ declares ``GradientTransformationExtraArgs``), and the train step and the sample
   shape): ``gaussian_step(step, key, eta, stochasticity)``, None where the elementwise rule applies.
 * :class:`NetworkUpsampling` — at a step into a larger state the sampler calls ``denoise_fn(x, t, upsample=True)``.
 * :class:`Degradation` — a deterministic ``degrade(x0, i)`` at integer steps, what Cold Diffusion's samplers use.
+
+A process is configured through its spec (:class:`ProcessSpec`): the frozen dataclass of its settings, which
+also builds the process and its network, measures what the process needs from the data, and names its default
+sampler. Training, sampling and the command line talk to specs only; ``registry.PROCESS_SPECS`` names them. A spec
+that reads the flat run.json of older versions declares :class:`OlderSettings`.
 """
 
 from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +69,8 @@ __all__ = [
     "OwnGaussianStep",
     "NetworkUpsampling",
     "Degradation",
+    "ProcessSpec",
+    "OlderSettings",
     "loss_branch",
     "check_output",
     "check_times",
@@ -163,11 +170,64 @@ class NetworkUpsampling:
 
 
 class Degradation(abc.ABC):
-    """Capability: a deterministic degradation at integer steps, what Cold Diffusion's samplers undo."""
+    """Capability: a deterministic degradation at integer steps 0 … ``steps`` (T), what Cold Diffusion's samplers
+    undo."""
+
+    steps: int
 
     @abc.abstractmethod
     def degrade(self, x0: jax.Array, i: jax.Array) -> jax.Array:
         """D(x0, i) for integer steps i ``(B,)`` (0: the identity)."""
+
+
+@runtime_checkable
+class ProcessSpec(Protocol):
+    """A process's settings and what training and sampling ask of it: a frozen, hashable dataclass of JSON values
+    (checked, and the defaults that need nothing else filled, when it is made) registered under ``kind``.
+    run.json stores it as ``{"kind": kind, **fields}`` and :func:`cloudjax.registry.process_spec` rebuilds it.
+
+    Attributes:
+      kind: its name in ``registry.PROCESS_SPECS`` (not the sampler family ``ForwardProcess.kind``).
+      generates: whether sampling makes new images (else it restores degraded ones: a :class:`Degradation`).
+      sampler, sampler_steps: the default sampler's name and step count.
+    """
+
+    kind: ClassVar[str]
+
+    @property
+    def generates(self) -> bool: ...
+
+    @property
+    def sampler(self) -> str: ...
+
+    @property
+    def sampler_steps(self) -> int: ...
+
+    def resolve(self, image_size: int, channels: int, unet) -> ProcessSpec:
+        """These settings for ``image_size``² × ``channels`` images and the network settings ``unet`` (a
+        :class:`~cloudjax.models.UNetConfig`): the defaults that depend on them filled and the rules across parts
+        checked; ``ValueError`` naming the setting."""
+
+    def measure(self, images: np.ndarray, std: np.ndarray, seed: int) -> dict[str, Any]:
+        """What the process needs from the data (JSON values by name, stored in run.json), measured on the
+        normalised sample ``images`` float32 ``(n, H, W, C)``; ``std`` ``(C,)``: the normaliser's, for sizes in
+        data units."""
+
+    def build(self, measurements: Mapping[str, Any], image_shape: tuple[int, int, int]) -> ForwardProcess:
+        """The process for images ``(H, W, C)`` with ``measurements`` (as :meth:`measure` made them, or read back
+        from run.json); ``ValueError`` naming a measurement that is missing, unexpected or out of range."""
+
+    def network(self, unet, image_size: int, rngs) -> Any:
+        """The network (an ``nnx.Module``: UNet, Flexi-UNet, ...) with settings ``unet`` for ``image_size`` px."""
+
+
+class OlderSettings(abc.ABC):
+    """Capability of a spec: its settings in the one flat config of run.json files written before specs."""
+
+    @classmethod
+    @abc.abstractmethod
+    def upgrade(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """The fields of this spec for the older flat ``settings`` that apply to it (None values dropped)."""
 
 
 def loss_branch(weights: np.ndarray, key: jax.Array) -> int:

@@ -1,7 +1,9 @@
 """Every list of names in cloudjax, in one place: the CLI's choices and every config check read these.
 
 This module imports nothing from cloudjax (and no JAX), so the command line can build its parser cheaply and
-every layer can check a name against it. The objects behind the names live where they belong
+every layer can check a name against it. Processes are named by their spec (:class:`cloudjax.process.ProcessSpec`,
+the class of a process's settings and behaviour) as a lazy import string, imported on first use by
+:func:`process_spec`; :func:`register_process` adds one at run time. The objects behind the names live where they belong
 (``schedules.SCHEDULES``, ``models.PRESETS``, ``samplers.METHODS``, ...); tests check that both agree.
 
 Losses are a norm, optionally with a time weighting: ``"l2"``, ``"mahalanobis"``, ``"l2+min_snr"``, ``"l1"``
@@ -19,6 +21,7 @@ __all__ = [
     "TIME_WEIGHTINGS",
     "LOSS_ALIASES",
     "LOSSES",
+    "PROCESS_SPECS",
     "PROCESSES",
     "SAMPLERS",
     "DEGRADATIONS",
@@ -27,6 +30,8 @@ __all__ = [
     "BLUR_SCHEDULES",
     "MODELS",
     "check",
+    "process_spec",
+    "register_process",
     "parse_loss",
     "samplers_for",
 ]
@@ -44,15 +49,22 @@ LOSSES = {
     "cold": ("l1", "l2"),
 }
 LOSSES["scale_space"] = LOSSES["blurring"] = LOSSES["gaussian"]  # x0 regression, Gaussian norms and weights
-PROCESSES = ("gaussian", "cold", "scale_space", "blurring")
-# sampler name → the process kinds (``process.kind``) it drives
+# process name → "module:Class" of its spec (imported by ``process_spec``)
+PROCESS_SPECS = {
+    "gaussian": "cloudjax.diffusion:GaussianSpec",
+    "cold": "cloudjax.cold:ColdSpec",
+    "scale_space": "cloudjax.scale_space:ScaleSpaceSpec",
+    "blurring": "cloudjax.blurring:BlurringSpec",
+}
+PROCESSES = PROCESS_SPECS.keys()  # a live view: it holds the processes registered at run time too
+# sampler name → the process kinds (``process.kind``) it drives; a kind's samplers in order of effort
 SAMPLERS = {
     "ddim": ("gaussian", "scale_space", "blurring"),
     "ddpm": ("gaussian", "scale_space", "blurring"),
     "dpm++2m": ("gaussian",),
-    "cold": ("cold",),  # Cold Diffusion's Algorithm 2
-    "cold_naive": ("cold",),  # Algorithm 1
     "direct": ("cold",),  # one-shot x̂0 = R(x_T, T)
+    "cold_naive": ("cold",),  # Cold Diffusion's Algorithm 1
+    "cold": ("cold",),  # Algorithm 2
 }
 DEGRADATIONS = ("blur", "mask", "downsample", "decolor")
 BLUR_ROUTINES = ("constant", "incremental", "exponential")
@@ -67,6 +79,25 @@ def check(what: str, value, names) -> None:
     """``ValueError`` naming ``what`` unless ``value`` is one of ``names``."""
     if value not in names:
         raise ValueError(f"{what} must be one of {list(names)}, got {value!r}")
+
+
+def process_spec(name: str) -> type:
+    """The spec class of process ``name`` (imported now if it is an import string); ``ValueError`` naming
+    ``process`` if no process has that name."""
+    check("process", name, PROCESS_SPECS)
+    spec = PROCESS_SPECS[name]
+    if isinstance(spec, str):
+        import importlib
+
+        module, _, attr = spec.partition(":")
+        spec = getattr(importlib.import_module(module), attr)
+    return spec
+
+
+def register_process(name: str, spec: type | str) -> None:
+    """Make process ``name`` known (to configs, run.json and the command line): ``spec`` is its spec class or a
+    ``"module:Class"`` string. The spec's ``kind`` must be ``name``."""
+    PROCESS_SPECS[name] = spec
 
 
 def parse_loss(name: str, kind: str = "gaussian") -> tuple[str, str]:

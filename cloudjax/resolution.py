@@ -13,15 +13,21 @@ Resize operators M (one halving):
 
 * ``"mean"``: 2×2 block mean; Mᵀ is nearest up-sampling divided by 4, so ``M Mᵀ = I / 4``;
 * ``"bilinear"``: antialiased bilinear (the reference code's), Mᵀ by ``jax.linear_transpose``.
+
+Whitened resize (the posterior at a resolution change): ``B = Σ_t^{−1/2} M Σ_s^{1/2}`` with Σ the noise model's
+Π-diagonal covariance at each resolution, its transpose, and functions of the small matrix BBᵀ.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cloudjax.spectral import irfft_real, rfft_real
 
 __all__ = [
     "RESOLUTION_SCHEDULES",
@@ -32,6 +38,11 @@ __all__ = [
     "downsample_transpose",
     "degrade",
     "lanczos_apply",
+    "cov_power",
+    "whitened_down",
+    "whitened_up",
+    "gram_diagonal",
+    "gram_apply",
 ]
 
 RESOLUTION_SCHEDULES = ("convex_decay", "equal")
@@ -118,3 +129,45 @@ def lanczos_apply(matvec: Callable, v: jnp.ndarray, fn: Callable, iterations: in
     lam, U = jnp.linalg.eigh(T)
     coef = U @ (fn(lam) * U[0])
     return (norm * (Q[:k].T @ coef)).reshape(v.shape)
+
+
+def cov_power(noise, x: jnp.ndarray, p: float) -> jnp.ndarray:
+    """``Σ^p x`` with Σ the ``noise`` model's Π-diagonal covariance at x's resolution (x itself for white noise)."""
+    with jax.ensure_compile_time_eval():
+        S = np.asarray(noise.fourier_variance(x.shape[-3], x.shape[-2]), np.float64)[..., None]
+    if np.all(S == 1.0):
+        return x
+    return irfft_real(jnp.asarray(S**p, jnp.float32) * rfft_real(x))
+
+
+def whitened_down(noise, resize: str, v: jnp.ndarray) -> jnp.ndarray:
+    """``B v = Σ_t^{−1/2} M Σ_s^{1/2} v``: fine → coarse, whitened."""
+    return cov_power(noise, downsample(cov_power(noise, v, 0.5), resize), -0.5)
+
+
+def whitened_up(noise, resize: str, w: jnp.ndarray) -> jnp.ndarray:
+    """``Bᵀ w``: coarse → fine."""
+    return cov_power(noise, downsample_transpose(cov_power(noise, w, -0.5), resize), 0.5)
+
+
+@functools.lru_cache(maxsize=64)
+def gram_diagonal(noise, resize: str, coarse: tuple[int, int]) -> np.ndarray:
+    """``(h, w, 1)`` Π-space diagonal of BBᵀ at the ``coarse`` resolution ``(h, w)`` (``resize="mean"``): BBᵀ
+    commutes with the coarse grid's shifts, so it is Π-diagonal and ``d = Π BBᵀ Πᵀ 1`` (one probe)."""
+    probe = lambda p: rfft_real(whitened_down(noise, resize, whitened_up(noise, resize, irfft_real(p))))
+    with jax.ensure_compile_time_eval():
+        d = np.asarray(jax.jit(probe)(jnp.ones((1, *coarse, 1), jnp.float32)), np.float64)[0]
+    d.setflags(write=False)
+    return d
+
+
+def gram_apply(noise, resize: str, iterations: int, w: jnp.ndarray, fn: Callable) -> jnp.ndarray:
+    """``fn(BBᵀ) w`` for coarse images w ``(B, h, w, C)``: exact per Π mode ("mean") or by ``iterations`` Lanczos
+    steps ("bilinear")."""
+    if resize == "mean":
+        d = gram_diagonal(noise, resize, tuple(w.shape[-3:-1]))
+        if np.allclose(d, d.flat[0], rtol=1e-6):
+            return fn(jnp.float32(d.flat[0])) * w
+        return irfft_real(fn(jnp.asarray(d, jnp.float32)) * rfft_real(w))
+    matvec = lambda u: whitened_down(noise, resize, whitened_up(noise, resize, u[None]))[0]
+    return jax.vmap(lambda u: lanczos_apply(matvec, u, fn, iterations))(w)

@@ -23,10 +23,10 @@ Methods (:data:`METHODS`, name → :class:`Sampler`; which process kinds each dr
   ``D = x̂0 + (h / 2h_prev)(x̂0 − x̂0_prev)``; first order (D = x̂0) on the first step, which has no history,
   and on the last, whose λ step into t ≈ 0 is too long to extrapolate over (Lu et al.'s "lower order final").
 
-* ``"cold"`` (Cold Diffusion's Algorithm 2): ``x_s = x_t − D(x̂0, t) + D(x̂0, s)``. An error δ in x̂0 that D
+* ``cold`` (Cold Diffusion's Algorithm 2): ``x_s = x_t − D(x̂0, t) + D(x̂0, s)``. An error δ in x̂0 that D
   keeps (a smooth one, under blur) cancels between the two terms, so the result stays near D's orbit of x0.
-* ``"cold_naive"`` (Algorithm 1): ``x_s = D(x̂0, s)``.
-* ``"direct"``: one step T → 0 of either, i.e. x̂0 = R(x_T, T) (it ignores ``steps``).
+* ``cold_naive`` (Algorithm 1): ``x_s = D(x̂0, s)``.
+* ``direct``: one step T → 0 of either, i.e. x̂0 = R(x_T, T) (it ignores ``steps``).
 
 Start. Gaussian: at ``t_start`` the state is ``x = σ_start ε``, ε from the noise model: the noise part of the
 marginal ``α x0 + σ ε``; its data part has mean α E[x0] = 0 for normalised data and is dropped (for t_start = 1
@@ -129,16 +129,15 @@ METHODS = {
     "ddim": Sampler(_ddim),
     "ddpm": Sampler(_ddpm),
     "dpm++2m": Sampler(_dpmpp_2m, lambda x0: (jnp.zeros(x0.shape, x0.dtype), jnp.zeros((), jnp.float32))),
-    "cold": Sampler(_cold),
-    "cold_naive": Sampler(_cold_naive),
-    "direct": Sampler(_cold_naive, steps=1),
+    # Cold Diffusion's Algorithm 2, Algorithm 1, the one-shot restoration
+    **dict(cold=Sampler(_cold), cold_naive=Sampler(_cold_naive), direct=Sampler(_cold_naive, steps=1)),
 }
 
 
 def _check(process, method: str, eta: float, stochasticity: float, shape) -> None:
     registry.check("method", method, METHODS)
     kinds = registry.SAMPLERS[method]
-    if getattr(process, "kind", None) not in kinds:
+    if process.kind not in kinds:
         raise ValueError(f"method {method!r} drives {' and '.join(kinds)} processes, not {type(process).__name__}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")

@@ -32,7 +32,7 @@ and a draw is ``σ_s Σ_s^{1/2} (ξ + Bᵀ g(BBᵀ) B ξ)``, ξ white, ``g(λ) =
   images) and σ_s² on its complement. For cloud noise BBᵀ has one value per coarse mode (its ratio to 1/4 is
   the downsampled field's power over the coarse noise model's), still exact.
 * ``"bilinear"``: BBᵀ is not diagonal (edge handling); g(BBᵀ)v is computed by Lanczos (40 iterations, as the
-  reference code) with full re-orthogonalisation — see :func:`lanczos_apply`.
+  reference code) with full re-orthogonalisation — see :func:`cloudjax.resolution.lanczos_apply`.
 
 Where ``ρc²λ > 1`` for some mode (the down-sampled noise has more power there than the coarse noise model) the
 forward kernel would need negative variance; the square root is clipped at 0 there, as the reference code clamps ρ.
@@ -44,8 +44,9 @@ the approximation :func:`cloudjax.gaussian_oracle` makes too. With ``pad = 1`` e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -53,20 +54,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cloudjax._config import setting
 from cloudjax.diffusion import GaussianDiffusion
+from cloudjax.models import FlexiUNet
 from cloudjax.noise import WhiteNoise
+from cloudjax.noise_settings import NoiseSettings, loss_setting
 from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times, with_labels
 from cloudjax.resolution import (
     RESIZES,
     change_steps,
+    cov_power,
     degrade,
     downsample,
-    downsample_transpose,
-    lanczos_apply,
+    gram_apply,
     level_schedule,
+    whitened_down,
+    whitened_up,
 )
 from cloudjax.schedules import time_grid
-from cloudjax.spectral import irfft_real, rfft_real
 
 __all__ = ["ScaleSpaceDiffusion"]
 
@@ -326,40 +331,15 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
 
     # -- the reverse process at a resolution change --------------------------------------------------------
 
-    def _fourier_variance(self, shape) -> np.ndarray:
-        with jax.ensure_compile_time_eval():
-            return np.asarray(self.noise.fourier_variance(shape[-3], shape[-2]), np.float64)[..., None]
-
-    def _cov_power(self, x: jnp.ndarray, p: float) -> jnp.ndarray:
-        """``Σ^p x`` with Σ the noise's Π-diagonal covariance at x's resolution (x itself for white noise)."""
-        S = self._fourier_variance(x.shape)
-        if np.all(S == 1.0):
-            return x
-        return irfft_real(jnp.asarray(S**p, jnp.float32) * rfft_real(x))
-
-    def _B(self, v: jnp.ndarray) -> jnp.ndarray:
-        """``B = Σ_t^{−1/2} M Σ_s^{1/2}``: fine (r(s)) → coarse (r(t)), whitened."""
-        return self._cov_power(downsample(self._cov_power(v, 0.5), self.resize), -0.5)
-
-    def _Bt(self, w: jnp.ndarray) -> jnp.ndarray:
-        """Bᵀ: coarse → fine."""
-        return self._cov_power(downsample_transpose(self._cov_power(w, -0.5), self.resize), 0.5)
-
-    def gram_diagonal(self, coarse_shape) -> np.ndarray:
-        """``(h, w, 1)`` Π-space diagonal of BBᵀ at the coarse resolution ``(..., h, w, C)`` (``resize="mean"``).
-
-        BBᵀ commutes with the coarse grid's shifts, so it is Π-diagonal and ``d = Π BBᵀ Πᵀ 1`` (one probe)."""
-        return _gram_diagonal(self.noise, self.resize, tuple(coarse_shape[-3:-1]))
-
-    def _gram_apply(self, w: jnp.ndarray, fn: Callable) -> jnp.ndarray:
-        """``fn(BBᵀ) w`` for coarse images w ``(B, h, w, C)``: exact per Π mode (mean) or by Lanczos (bilinear)."""
-        if self.resize == "mean":
-            d = self.gram_diagonal(w.shape)
-            if np.allclose(d, d.flat[0], rtol=1e-6):
-                return fn(jnp.float32(d.flat[0])) * w
-            return irfft_real(fn(jnp.asarray(d, jnp.float32)) * rfft_real(w))
-        matvec = lambda u: self._B(self._Bt(u[None]))[0]
-        return jax.vmap(lambda u: lanczos_apply(matvec, u, fn, self.lanczos_iterations))(w)
+    def _whitened(self) -> tuple[Callable, ...]:
+        """``(Σ^p ·, B, Bᵀ, (w, fn) ↦ fn(BBᵀ) w)`` of this noise and resize (:mod:`cloudjax.resolution`)."""
+        noise, resize = self.noise, self.resize
+        return (
+            functools.partial(cov_power, noise),
+            functools.partial(whitened_down, noise, resize),
+            functools.partial(whitened_up, noise, resize),
+            functools.partial(gram_apply, noise, resize, self.lanczos_iterations),
+        )
 
     def change_posterior(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
         """A draw from q(x_s | x_t, x0) across one halving: x_t ``(B, h, w, C)`` at r(t), x0 and the white ξ
@@ -368,9 +348,9 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         c, rho = a_t / a_s, s_s**2 / s_t**2
         mu = a_s * x0
         resid = x_t - c * downsample(mu, self.resize)
-        mean = mu + rho * c * self._cov_power(self._Bt(self._cov_power(resid, -0.5)), 0.5)
-        noise = self._cov_power(xi + self._Bt(self._gram_apply(self._B(xi), _g_sqrt(rho * c**2))), 0.5)
-        return mean + s_s * noise
+        S, B, Bt, gram = self._whitened()
+        mean = mu + rho * c * S(Bt(S(resid, -0.5)), 0.5)
+        return mean + s_s * S(xi + Bt(gram(B(xi), _g_sqrt(rho * c**2))), 0.5)
 
     def change_ddim(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
         """The deterministic (DDIM-type) step across one halving: ``x_s = α_s x̂0 + σ_s ε_s`` with
@@ -380,16 +360,39 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         N(0, Σ_t), ε_s is exactly N(0, Σ_s)."""
         (a_t, s_t), (a_s, s_s) = at_t, at_s
         eps_t = (x_t - a_t * downsample(x0, self.resize)) / s_t
-        carried = self._Bt(self._gram_apply(self._cov_power(eps_t, -0.5), jax.lax.rsqrt))
-        fresh = xi - self._Bt(self._gram_apply(self._B(xi), lambda lam: 1.0 / lam))
-        return a_s * x0 + s_s * self._cov_power(carried + fresh, 0.5)
+        S, B, Bt, gram = self._whitened()
+        carried = Bt(gram(S(eps_t, -0.5), jax.lax.rsqrt))
+        fresh = xi - Bt(gram(B(xi), lambda lam: 1.0 / lam))
+        return a_s * x0 + s_s * S(carried + fresh, 0.5)
 
 
-@functools.lru_cache(maxsize=64)
-def _gram_diagonal(noise, resize: str, coarse: tuple[int, int]) -> np.ndarray:
-    process = ScaleSpaceDiffusion(image_size=(2 * coarse[0], 2 * coarse[1]), levels=2, noise=noise, resize=resize)
-    probe = lambda p: rfft_real(process._B(process._Bt(irfft_real(p))))
-    with jax.ensure_compile_time_eval():
-        d = np.asarray(jax.jit(probe)(jnp.ones((1, *coarse, 1), jnp.float32)), np.float64)[0]
-    d.setflags(write=False)
-    return d
+@dataclasses.dataclass(frozen=True)
+class ScaleSpaceSpec(NoiseSettings):
+    """The spec of :class:`ScaleSpaceDiffusion`: the noise settings and ``levels`` (None: 4, filled by ``resolve``);
+    a Flexi-UNet predicting x0 with the reference code's min-SNR loss; DDIM with 50 steps."""
+
+    kind = "scale_space"
+
+    loss_weighting: str = loss_setting("min_snr")
+    levels: int | None = setting(None, "resolution levels (default 4)")
+
+    def resolve(self, image_size: int, channels: int, unet) -> ScaleSpaceSpec:
+        depth = len(unet.channel_mults)
+        if self.levels is None and depth < 4:
+            fits = f"pass --levels 1 … {depth}"
+            raise ValueError(f"the default levels=4 does not fit a network of {depth} levels; {fits}")
+        levels = 4 if self.levels is None else self.levels
+        if not 1 <= levels <= depth:
+            raise ValueError(f"levels must be in 1 … {depth} (the network's levels), got {levels}")
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(f"levels={levels} needs an image size divisible by {2 ** (levels - 1)}")
+        self._check_grey_cloud(channels)
+        return dataclasses.replace(self, levels=levels)
+
+    def network(self, unet, image_size: int, rngs):
+        return FlexiUNet(unet, image_size, rngs=rngs)
+
+    def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> ScaleSpaceDiffusion:
+        noise = self.noise_model(measurements, image_shape[-1])
+        schedule = self.schedule_model(measurements)
+        return ScaleSpaceDiffusion(image_shape[:2], self.levels, noise, schedule, loss_weighting=self.loss_weighting)

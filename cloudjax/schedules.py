@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from cloudjax.process import Schedule
+
 __all__ = [
     "CosineSchedule",
     "LinearSchedule",
@@ -188,7 +190,7 @@ def get_schedule(schedule, **calibration):
     ``"calibrated"`` needs data: pass ``data_variance=`` and ``noise_variance=`` (and optionally ``base=``,
     ``reference_variance=``); see :func:`calibrated_schedule`.
     """
-    if isinstance(schedule, CosineSchedule | LinearSchedule | CalibratedSchedule):
+    if isinstance(schedule, Schedule):  # any object with alpha_sigma and log_snr
         return schedule
     if schedule == "calibrated":
         if "data_variance" not in calibration or "noise_variance" not in calibration:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cloudjax.generate import RESTORATIONS, generate, restore
+from cloudjax.generate import generate, restore
 from cloudjax.study import (
     EMA_AT,
     device_name,
@@ -129,22 +129,24 @@ def train_config(name: str, args: argparse.Namespace):
     """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network, budget and seed."""
     from cloudjax.train import TrainConfig
 
-    return TrainConfig(
-        data=args.data,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        channels=1,
-        model=args.model,
-        batch_size=args.train_batch,
-        steps=args.train_steps,
-        decay_steps=args.train_steps,
-        lr=args.lr,
-        warmup_steps=min(500, args.train_steps // 10),
-        checkpoint_every=min(args.train_steps, 1000),
-        log_every=min(args.train_steps, 50),
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        **MODELS[name].settings,
+    return TrainConfig.from_flat(
+        dict(
+            data=args.data,
+            data_dir=args.data_dir,
+            image_size=args.image_size,
+            channels=1,
+            model=args.model,
+            batch_size=args.train_batch,
+            steps=args.train_steps,
+            decay_steps=args.train_steps,
+            lr=args.lr,
+            warmup_steps=min(500, args.train_steps // 10),
+            checkpoint_every=min(args.train_steps, 1000),
+            log_every=min(args.train_steps, 50),
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+            **MODELS[name].settings,
+        )
     )
 
 
@@ -184,7 +186,7 @@ def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, seed: int
     """``{method: {rmse, ssim, rmse_ci95, ssim_ci95}}`` over the held-out images, and ``algorithm2_gain``:
     per other method, the paired mean of (its RMSE − Algorithm 2's) and (Algorithm 2's SSIM − its) with intervals
     (both > 0 where Algorithm 2 is better)."""
-    per_image = {m: rmse_ssim(restored[m], restored["original"]) for m in RESTORATIONS[:-1]}
+    per_image = {m: rmse_ssim(x, restored["original"]) for m, x in restored.items() if m != "original"}
     n = len(restored["original"])
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
@@ -213,11 +215,11 @@ def restoration_figure(grids: dict[str, dict[str, np.ndarray]], path: Path, rows
 
     fig = new_figure(figsize=(6, 2.2 * len(grids)))
     for i, (name, restored) in enumerate(grids.items()):
-        images = np.stack([np.clip(restored[k][:rows], 0, 1) for k in RESTORATIONS], 1)
+        images = np.stack([np.clip(x[:rows], 0, 1) for x in restored.values()], 1)
         ax = fig.add_subplot(len(grids), 1, i + 1)
-        grid = image_grid(images.reshape(-1, *images.shape[2:]), len(RESTORATIONS))
+        grid = image_grid(images.reshape(-1, *images.shape[2:]), len(restored))
         ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{name}: " + " | ".join(RESTORATIONS), fontsize=8)
+        ax.set_title(f"{name}: " + " | ".join(restored), fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         values, draws = measured(samples)
         entry = dict(
             sampler=sampler,
-            nfe=steps if run.config.process == "cold" else steps + 1,
+            nfe=steps if run.config.process.kind == "cold" else steps + 1,
             num_samples=len(samples),
             metrics=values | {"sample_clipped": clipped},
             metrics_ci95={m: interval(v) for m, v in draws.items()},
@@ -281,12 +283,12 @@ def main(argv: list[str] | None = None) -> dict:
             restored = restore(run, graphdef, params, data.ref[: args.num_samples])
             table = restoration_table(restored, args.bootstrap, args.seed)
             table |= {"seconds_per_image": (time.perf_counter() - start) / args.num_samples, "T": run.diffusion.steps}
-            result["restoration"][run.config.degradation] = table
-            grids[run.config.degradation] = restored
+            result["restoration"][run.config.process.degradation] = table
+            grids[run.config.process.degradation] = restored
         else:
             for sampler in spec.samplers:
                 entry, samples = scored(trained[name], sampler)
-                result["rows"].append(dict(dataset=data.name, process=run.config.process, variant=name, **entry))
+                result["rows"].append(dict(dataset=data.name, process=run.config.process.kind, variant=name, **entry))
                 sheets[(name, entry["nfe"])] = samples[:16]
                 print(json.dumps(result["rows"][-1] | {"metrics_ci95": None}), flush=True)
             first = result["rows"][-len(spec.samplers)]  # the metrics, not only the loss, have settled

@@ -136,21 +136,22 @@ def test_oracle_drives_the_samplers_to_the_data_spectrum(noise, method):
 def test_config_defaults_and_runs_of_older_versions():
     """A new run stores the paper's blur (σ_B,max = 20·S/32, DCT, sin²); a run.json without these fields (older
     versions) reads as the periodic sin blur of 20 px it was trained with; the settings are checked."""
-    config = TrainConfig(image_size=8, model="tiny", process="blurring")
-    assert (config.blur_sigma_max, config.blur_basis, config.blur_schedule) == (5.0, "dct", "sin2")
+    config = TrainConfig.from_flat(dict(image_size=8, model="tiny", process="blurring"))
+    spec = config.process
+    assert (spec.blur_sigma_max, spec.blur_basis, spec.blur_schedule) == (5.0, "dct", "sin2")
     run = Run(config, mean=(0.0,), std=(1.0,))
     assert Run.from_json(run.to_json()) == run
     process = run.diffusion
     assert (process.blur_sigma_max, process.basis, process.blur_schedule) == (5.0, "dct", "sin2")
-    older = json.loads(run.to_json())
-    for name in ("blur_sigma_max", "blur_basis", "blur_schedule"):
-        del older["config"][name]
+    older = json.loads(run.to_json())  # the one flat config of older versions, without the blur's fields
+    older["config"] = {k: v for k, v in config.flat().items() if not k.startswith("blur_")}
     process = Run.from_json(json.dumps(older)).diffusion
     assert (process.blur_sigma_max, process.basis, process.blur_schedule) == (20.0, "fourier", "sin")
     k = wavenumbers(8, 8)
     expected = 0.999 * np.exp(-2 * np.pi**2 * k**2 * (20 * np.sin(np.pi * 0.3 / 2)) ** 2) + 0.001
     np.testing.assert_allclose(process.gain(0.3, 8, 8)[..., 0], process.alpha_sigma(0.3)[0] * expected, rtol=1e-5)
-    assert TrainConfig(image_size=8, model="tiny", process="blurring", noise="cloud").blur_basis == "fourier"
+    cloud = TrainConfig.from_flat(dict(image_size=8, model="tiny", process="blurring", noise="cloud", delta=1.0))
+    assert cloud.process.blur_basis == "fourier"
     bad = [
         (dict(process="gaussian", blur_sigma_max=3.0), "blur_sigma_max does not apply to process 'gaussian'"),
         (dict(process="blurring", noise="cloud", blur_basis="dct"), "needs white noise"),
@@ -159,4 +160,4 @@ def test_config_defaults_and_runs_of_older_versions():
     ]
     for fields, message in bad:
         with pytest.raises(ValueError, match=message):
-            TrainConfig(image_size=8, model="tiny", **fields)
+            TrainConfig.from_flat(dict(image_size=8, model="tiny", **fields))

@@ -384,10 +384,10 @@ def test_bad_image_size_and_channels_raise():
 
 
 def test_cli_data_flags_open_the_source_and_turn_bad_data_into_usage_errors(tmp_path):
-    from cloudjax.cli._common import UsageError, _add_data_args, _open_data, _Parser
+    from cloudjax.cli._common import DATA_FLAGS, UsageError, _add_config_flags, _open_data, _Parser
 
     parser = _Parser(prog="t")
-    _add_data_args(parser)
+    _add_config_flags(parser, DATA_FLAGS, defaults=True)
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8), np.uint8))
     source = _open_data(parser.parse_args(["--data", f"npz:{tmp_path / 'd.npz'}", "--image-size", "4"]), channels=3)
     assert (source.num_examples, source.image_shape) == (3, (4, 4, 3))

@@ -20,7 +20,7 @@ def test_registry_names_match_the_objects_behind_them():
     assert set(registry.SAMPLERS) == set(samplers.METHODS)
     assert set(registry.MODELS) == set(PRESETS)
     assert set(registry.SCHEDULES) == {*SCHEDULES, "calibrated"}
-    assert registry.samplers_for("cold") == ("cold", "cold_naive", "direct")
+    assert registry.samplers_for("cold") == ("direct", "cold_naive", "cold")  # from one-shot to Algorithm 2
     assert registry.parse_loss("pixel") == ("l2", "none") and registry.parse_loss("min_snr") == ("l2", "min_snr")
     assert registry.parse_loss("mahalanobis+min_snr") == ("mahalanobis", "min_snr")
     with pytest.raises(ValueError, match="loss must be one of"):

@@ -32,10 +32,11 @@ import cloudjax as cj
 from cloudjax import cli
 from cloudjax._files import WorkdirBusy, WorkdirLockError, atomic_write, workdir_lock
 from cloudjax.cli import sample as cli_sample
+from cloudjax.cold import MAX_DEGRADATION_STEPS
 from cloudjax.data.sources import ArraySource, FolderSource
 from cloudjax.generate import generate
 from cloudjax.stats import mahalanobis_weight
-from cloudjax.train import MAX_DEGRADATION_STEPS, Run, TrainConfig, TrainingDiverged, check_workdir, load_run, train
+from cloudjax.train import Run, TrainConfig, TrainingDiverged, check_workdir, load_run, train
 
 checkpoints = importlib.import_module("cloudjax.train.checkpoints")
 loop = importlib.import_module("cloudjax.train.loop")
@@ -504,21 +505,22 @@ def test_stats_on_constant_images_gives_one_line(tmp_path, capsys):
 def test_the_degradation_steps_are_bounded_before_anything_of_size_t_is_made(T):
     tracemalloc.start()
     with pytest.raises(ValueError, match=f"degradation_steps must be in 1 … {MAX_DEGRADATION_STEPS}, got {T}"):
-        TrainConfig(process="cold", degradation_steps=T)
+        TrainConfig.from_flat(dict(process="cold", degradation_steps=T))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20, peak
 
 
 def test_scale_space_levels_are_stored_when_the_run_is_made(tmp_path, capsys):
-    config = TrainConfig(process="scale_space", model="small", image_size=16)
-    assert config.levels == 4 and dataclasses.replace(config, levels=4) == config
+    settings = dict(process="scale_space", model="small", image_size=16)
+    config = TrainConfig.from_flat(settings)
+    assert config.process.levels == 4 and TrainConfig.from_flat({**settings, "levels": 4}) == config
     (tmp_path / "run.json").write_text(Run(config, (0.5,), (0.2,)).to_json())
-    assert json.loads((tmp_path / "run.json").read_text())["config"]["levels"] == 4
-    assert check_workdir(dataclasses.replace(config, levels=4), tmp_path) is not None  # the same run
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["process"]["levels"] == 4
+    assert check_workdir(TrainConfig.from_flat({**settings, "levels": 4}), tmp_path) is not None  # the same run
     # the default does not fit the tiny network: say so, and what to pass
     assert cli.main([*TRAIN, "--process", "scale_space", "--workdir", str(tmp_path / "w")]) == 2
-    _one_line(capsys.readouterr().err, "the default levels=4 does not fit the tiny network; pass --levels 1 … 2")
+    _one_line(capsys.readouterr().err, "the default levels=4 does not fit a network of 2 levels; pass --levels 1 … 2")
 
 
 def test_a_full_disk_while_training_is_one_line(tmp_path):
@@ -572,12 +574,12 @@ def test_a_hand_edited_run_json_is_refused(copy, capsys, edit):
 
 
 def test_run_json_of_older_versions_keeps_loading(copy):
-    # older versions stored the defaults of settings that did not apply to the run
+    # older versions stored one flat config, with the defaults of settings that did not apply to the run
     old = dict(degradation="blur", blur_routine="constant", blur_padding="circular", mask_initial=11.0)
-    old.update(generation=False, gmm_components=1)
+    old.update(generation=False, gmm_components=1, levels=None, blur_std=None)
     run = json.loads((copy / "run.json").read_text())
     expected = Run.read(copy)
-    (copy / "run.json").write_text(json.dumps({**run, "config": {**run["config"], **old}}))
+    (copy / "run.json").write_text(json.dumps({**run, "config": {**expected.config.flat(), **old}}))
     assert Run.read(copy) == expected
 
 

@@ -22,7 +22,7 @@ def test_train_then_sample_from_the_command_line(process, flags, kind, tmp_path)
     workdir = tmp_path / "run"
     assert main([*TRAIN, "--process", process, *flags, "--workdir", str(workdir)]) == 0
     run, _, state = load_run(workdir)
-    assert run.config.process == process and isinstance(run.diffusion, kind) and int(state.step) == 3
+    assert run.config.process.kind == process and isinstance(run.diffusion, kind) and int(state.step) == 3
     losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and np.isfinite(losses).all()
     if process == "scale_space":

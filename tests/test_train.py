@@ -29,7 +29,7 @@ from cloudjax.train.checkpoints import _manager, _restore
 from cloudjax.train.run import _measure
 from cloudjax.train.step import _cached_train_step
 
-CONFIG = TrainConfig(
+SETTINGS = dict(
     data="test",
     model="tiny",
     image_size=8,
@@ -44,6 +44,7 @@ CONFIG = TrainConfig(
     log_every=1,
     normalizer_examples=64,
 )
+CONFIG = TrainConfig.from_flat(SETTINGS)
 
 
 def _images(n=64):
@@ -153,18 +154,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
     (tmp_path / "run.json").write_text(_measure(CONFIG, _Source()).to_json())
     with pytest.raises(ValueError, match="holds a different run.*noise"):
-        train(dataclasses.replace(CONFIG, noise="white", delta=None), tmp_path, source=_Source())
+        train(TrainConfig.from_flat({**SETTINGS, "noise": "white", "delta": None}), tmp_path, source=_Source())
 
 
 def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():
     t = np.array([0.2, 0.5, 0.8], np.float32)
     a, s = (np.asarray(v, np.float64) for v in _measure(CONFIG, _Source()).diffusion.alpha_sigma(t))  # cosine
     for noise, cloud_ratio in (("white", False), ("cloud", True)):
-        delta = CONFIG.delta if noise == "cloud" else None  # Δ applies to cloud noise only
-        run = _measure(dataclasses.replace(CONFIG, schedule="calibrated", noise=noise, delta=delta), _Source())
-        assert (abs(run.snr_ratio - 1) > 0.05) == cloud_ratio  # white noise is its own reference: ratio 1
+        delta = SETTINGS["delta"] if noise == "cloud" else None  # Δ applies to cloud noise only
+        config = TrainConfig.from_flat({**SETTINGS, "schedule": "calibrated", "noise": noise, "delta": delta})
+        run = _measure(config, _Source())
+        ratio = run.measurements["snr_ratio"]
+        assert (abs(ratio - 1) > 0.05) == cloud_ratio  # white noise is its own reference: ratio 1
         a2, s2 = (np.asarray(v, np.float64) for v in run.diffusion.alpha_sigma(t))
-        np.testing.assert_allclose((a2 / s2) ** 2, run.snr_ratio * (a / s) ** 2, rtol=1e-4)
+        np.testing.assert_allclose((a2 / s2) ** 2, ratio * (a / s) ** 2, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +183,7 @@ def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():
 )
 def test_bad_config_raises_naming_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
-        dataclasses.replace(CONFIG, **{field: value})
+        TrainConfig.from_flat({**SETTINGS, field: value})
 
 
 class _DeterministicLoss:

@@ -113,7 +113,8 @@ def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16
     folder = next(runs.glob("*_cloud-calibrated"))
     run = json.loads((folder / "run.json").read_text())
     config = run["config"]
-    assert (config["noise"], config["loss_weighting"], config["schedule"]) == ("cloud", "mahalanobis", "calibrated")
+    process = config["process"]
+    assert (process["noise"], process["loss_weighting"], process["schedule"]) == ("cloud", "mahalanobis", "calibrated")
     assert config["decay_steps"] == wvc.TINY["train_steps"] and 0.5 < run["delta"] < 4 and run["snr_ratio"] > 0
     assert config["ema_decay"] == wvc.TINY["ema_decay"]
     for fraction in study.EMA_AT:  # one run, its EMA kept at 25 %, 50 % and 100 % of the steps

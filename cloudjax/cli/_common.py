@@ -50,31 +50,60 @@ def _writable_folder(path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {existing} is not writable")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        default="patches",
-        help="dataset: patches[:NUM] (embedded natural-image patches, default), fashion_mnist[:train|test|all], "
-        "folder:PATH (PNG/JPEG tree), npz:PATH (key 'images'), tfds:NAME[:SPLIT] (prepared tensorflow-datasets)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="where the dataset's files are: Fashion-MNIST IDX .gz files (default /usr/share/datasets/fashion-mnist) "
-        "or the tensorflow-datasets data_dir (default ~/tensorflow_datasets)",
-    )
-    p.add_argument(
-        "--drop-letterbox",
-        action="store_true",
-        help="skip images with near-constant bars on an edge (the paper's STL-10 filter; one pass over the data)",
-    )
-    p.add_argument("--image-size", type=int, default=32, help="image height and width in pixels")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed")
+DATA_FLAGS = ("data", "data_dir", "drop_letterbox", "image_size", "batch_size", "seed")  # TrainConfig's data fields
 
 
-def _open_data(args: argparse.Namespace, channels: int | None = None):
-    """The source that ``_add_data_args``'s flags name (:func:`cloudjax.data.open_source`); bad data → UsageError."""
+def _add_config_flags(p: argparse.ArgumentParser, names=None, defaults: bool = False) -> None:
+    """A flag per field of :class:`~cloudjax.train.TrainConfig` (only ``names`` if given), and without ``names``
+    ``--process`` and a flag per setting of every registered process, generated from the fields (type, choices,
+    help, default: :func:`cloudjax._config.setting`). A setting some processes have is marked with their names.
+    The flags default to None (the config's defaults apply, and the help names them) unless ``defaults``."""
+    import dataclasses
+
+    from cloudjax import registry
+    from cloudjax.train import TrainConfig
+
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name != "process" and (names is None or f.name in names)]
+    for f in fields:
+        _add_flag(p, f, f.metadata["choices"], f.metadata["help"], [f.default], defaults)
+    if names is not None:
+        return
+    p.add_argument("--process", choices=registry.PROCESSES, default=None, help="forward process (default gaussian)")
+    settings = {}  # name → [(process, field)]
+    for kind in registry.PROCESSES:
+        for f in dataclasses.fields(registry.process_spec(kind)):
+            settings.setdefault(f.name, []).append((kind, f))
+    for owners in settings.values():
+        kinds, f = [kind for kind, _ in owners], owners[0][1]
+        choices = dict.fromkeys(c for _, g in owners for c in g.metadata.get("choices") or ()) or None
+        help = f.metadata.get("help", f.name.replace("_", " "))
+        help = help if len(kinds) == len(registry.PROCESSES) else f"{', '.join(kinds)}: {help}"
+        _add_flag(p, f, choices, help, [g.default for _, g in owners], defaults)
+
+
+def _add_flag(p, field, choices, help: str, defaults: list, keep_default: bool) -> None:
+    """``--NAME`` (dashes for underscores) of a dataclass ``field`` of type int, float, str or bool (or None)."""
+    from cloudjax._config import type_name
+
+    name, annotation = field.name, type_name(field)
+    flag, default = "--" + name.replace("_", "-"), defaults[0] if keep_default else None
+    if len(set(map(repr, defaults))) == 1 and defaults[0] is not None and defaults[0] is not False:
+        help += f" (default {defaults[0]})"
+    elif len(set(map(repr, defaults))) > 1:
+        help += " (default: the process's)"
+    if annotation.startswith("bool"):
+        p.add_argument(flag, action="store_true", default=default, help=help)
+        return
+    kind = _STRICTER.get(name) or {"int": int, "float": float, "str": str}[annotation.partition(" | ")[0]]
+    p.add_argument(flag, type=kind, choices=choices, default=default, help=help)
+
+
+_STRICTER = {"seed": _seed}  # argument types that check more than the field's type
+
+
+def _open_data(args, channels: int | None = None):
+    """The source that the data flags (:data:`DATA_FLAGS`) of ``args`` (or a config's fields) name
+    (:func:`cloudjax.data.open_source`); bad data → UsageError."""
     from cloudjax.data import open_source
 
     try:

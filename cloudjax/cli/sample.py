@@ -54,10 +54,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         run, graphdef, state = load_run(args.workdir, step=args.checkpoint)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
-    if run.config.process == "cold" and (args.restore or not run.config.generation):
+    if args.restore or not run.config.process.generates:
         return _sample_restorations(args, run, graphdef, state)
-    if args.restore or args.data:
-        raise UsageError("--restore and --data apply to cold runs")
+    if args.data:
+        raise UsageError("--data applies to restorations (--restore)")
     stem.parent.mkdir(parents=True, exist_ok=True)
     c = run.config
     t_start = 1.0 if args.t_start is None else args.t_start
@@ -76,9 +76,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                 grid.append(x[: GRID_MAX - sum(map(len, grid))])
             yield x
 
-    process = run.diffusion
-    method = args.method or registry.samplers_for(process.kind)[0]
-    steps = args.steps or getattr(process, "steps", 50)
+    method, steps = args.method or c.process.sampler, args.steps or c.process.sampler_steps
     info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=t_start)
     _write_npz(stem.with_suffix(".npz"), batches(), (args.num, c.image_size, c.image_size, c.channels), info)
     save_image_grid(np.concatenate(grid), stem.with_suffix(".png"))
@@ -90,18 +88,23 @@ GRID_MAX = 256  # images in the PNG grid of `sample`
 
 
 def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
-    """A cold run: --num images of --data (default the run's; pass held-out data) degraded and restored →
-    OUT.png, one row per image: degraded | direct | Algorithm 1 | Algorithm 2 | original; OUT.npz by name."""
+    """A run of a deterministic degradation (cold): --num images of --data (default the run's; pass held-out data)
+    degraded and restored → OUT.png, one row per image: degraded | direct | Algorithm 1 | Algorithm 2 | original
+    (:func:`cloudjax.generate.restore`); OUT.npz by name."""
     from pathlib import Path
 
     import numpy as np
 
     from cloudjax._files import atomic_output
     from cloudjax.data import open_source
-    from cloudjax.generate import RESTORATIONS, restore
+    from cloudjax.generate import restore
     from cloudjax.plots import save_image_grid
+    from cloudjax.process import Degradation
 
     c = run.config
+    if not isinstance(run.diffusion, Degradation):
+        what = f"runs that degrade deterministically (cold), not {c.process.kind}"
+        raise UsageError(f"--restore and --data apply to {what}")
     if args.method is not None:
         raise UsageError("--method does not apply to restorations (they show direct, Algorithm 1 and Algorithm 2)")
     if args.t_start is not None:
@@ -122,13 +125,13 @@ def _sample_restorations(args: argparse.Namespace, run, graphdef, state) -> int:
     stem = Path(args.out).with_suffix("") if Path(args.out).suffix in (".png", ".npz") else Path(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     save_image_grid(
-        np.stack([out[name] for name in RESTORATIONS], axis=1).reshape(-1, *out["original"].shape[1:]),
+        np.stack(list(out.values()), axis=1).reshape(-1, *out["original"].shape[1:]),
         stem.with_suffix(".png"),
-        ncols=len(RESTORATIONS),
+        ncols=len(out),
     )
     with atomic_output(stem.with_suffix(".npz")) as f:
         np.savez(f, step=int(state.step), seed=args.seed, **out)
-    print(f"{num} images restored by step {int(state.step)} ({' | '.join(RESTORATIONS)}) → {stem}.png, {stem}.npz")
+    print(f"{num} images restored by step {int(state.step)} ({' | '.join(out)}) → {stem}.png, {stem}.npz")
     return 0
 
 

@@ -8,8 +8,9 @@ drawn inside the step by ``diffusion.loss`` on the device. Gradients may be accu
 ``ema ← ema + (1 − d)(params − ema)``.
 
 Data are normalised once per run by a per-channel scalar mean and std measured on a fixed, seeded sample
-(the same on every process), so the model sees unit-variance images; for ``noise="cloud"`` with ``delta=None``
-Δ is fitted on that sample (:func:`cloudjax.stats.fit_power_law`). Both are stored in ``workdir/run.json``.
+(the same on every process), so the model sees unit-variance images; the process's spec measures what it needs on
+that sample (Δ for cloud noise, the SNR ratio of the calibrated schedule, the mean prior of cold generation). Both
+are stored in ``workdir/run.json``, with the config (the process as ``{"kind": ..., fields}``).
 
 A run lives in ``workdir``: ``run.json`` (config, normaliser, Δ), ``checkpoints/<step>`` (Orbax: params,
 optimizer state, EMA, step, RNG, data position), ``metrics.jsonl``, ``samples/<step>.png`` and TensorBoard
@@ -18,7 +19,7 @@ a resumed run gives the same parameters as an uninterrupted one.
 """
 
 from cloudjax.train.checkpoints import load_run
-from cloudjax.train.config import MAX_DEGRADATION_STEPS, TrainConfig
+from cloudjax.train.config import TrainConfig
 from cloudjax.train.loop import TrainingDiverged, train
 from cloudjax.train.run import Run, check_workdir
 from cloudjax.train.state import (
@@ -45,5 +46,4 @@ __all__ = [
     "check_workdir",
     "load_run",
     "initialize_distributed",
-    "MAX_DEGRADATION_STEPS",
 ]

@@ -192,7 +192,7 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
     if preempted and lead:
         print(f"SIGTERM: saved checkpoint at step {step}, exiting", file=stream, flush=True)
     summary = {"step": step, "preempted": preempted, "timed_out": timed_out, "last_checkpoint": last_saved}
-    return {**summary, "loss": last_loss, "delta": run.delta}
+    return {**summary, "loss": last_loss, "measurements": run.measurements}
 
 
 def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps=None) -> None:

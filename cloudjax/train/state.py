@@ -14,7 +14,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import AxisType, NamedSharding
 
-from cloudjax.models import flexi_unet, init
+from cloudjax.models.unet import compiled_init
 from cloudjax.train.config import TrainConfig
 
 
@@ -88,13 +88,18 @@ def _new_state(config: TrainConfig, params, rng: jax.Array) -> TrainState:
 
 
 def init_state(config: TrainConfig, sharding: NamedSharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
-    """``(graphdef, state)`` of a fresh run: UNet parameters from ``seed``, optimizer state, EMA = params."""
+    """``(graphdef, state)`` of a fresh run: the network's parameters from ``seed``, optimizer state, EMA = params."""
     init_key, rng = jax.random.split(jax.random.key(config.seed))
-    if config.process == "scale_space":
-        graphdef, params = flexi_unet.init(config.unet_config(), config.image_size, init_key, out_shardings=sharding)
-    else:
-        graphdef, params = init(config.unet_config(), init_key, out_shardings=sharding)
-    return graphdef, _new_state_jit(sharding)(config, params, jax.random.key_data(rng))
+    graphdef, init = _network_init(config.process, config.unet_config(), config.image_size, sharding)
+    return graphdef, _new_state_jit(sharding)(config, init(init_key), jax.random.key_data(rng))
+
+
+@functools.lru_cache(maxsize=8)
+def _network_init(process, unet, image_size: int, sharding: NamedSharding | None):
+    """``(graphdef, compiled key → parameters)`` of the process's network, initialised in one jitted computation
+    (:func:`cloudjax.models.unet.compiled_init`)."""
+    build = lambda key: process.network(unet, image_size, nnx.Rngs(key))
+    return compiled_init(build, jax.eval_shape(jax.random.key, 0), out_shardings=sharding)
 
 
 @functools.lru_cache(maxsize=4)
