@@ -147,6 +147,7 @@ def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.
     A stage whose ``ema_bf16*.npz`` exists is loaded; otherwise the stages of :data:`EMA_AT` up to ``fraction``
     are trained or resumed in turn (``config.decay_steps`` is the whole run, so the stages are one run cut in
     three) and each EMA saved; ``training.json`` beside them summarises the loss curve (:func:`loss_summary`).
+    A stage stopped by SIGTERM (its checkpoint saved) raises ``InterruptedError``: run again to resume.
     """
     from cloudjax.data.sources import ArraySource
     from cloudjax.train import check_workdir, load_run, train
@@ -168,7 +169,9 @@ def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.
         if done is None:
             steps = round(stage * config.steps)
             source = ArraySource(images, config.image_size, config.channels)
-            train(dataclasses.replace(config, steps=steps), workdir, source=source)
+            summary = train(dataclasses.replace(config, steps=steps), workdir, source=source)
+            if summary["preempted"] or summary["timed_out"]:  # saved and resumable: no stage after it
+                raise InterruptedError(f"{workdir}: stopped at step {summary['step']}; run again to resume")
             run, graphdef, state = load_run(workdir)
             save_ema(ema_path(workdir, stage), state.ema, int(state.step))
             done = graphdef, as_bf16(state.ema)

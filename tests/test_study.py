@@ -64,3 +64,22 @@ def test_score_intervals_are_centred_on_the_measured_value():
         assert v.shape == (20,) and np.isclose(v.mean(), values[metric])
         low, high = study.interval(v)
         assert low <= values[metric] <= high and high > low, metric
+
+
+def test_a_stage_stopped_by_sigterm_ends_the_stages(tmp_path, monkeypatch):
+    """The first stage's train() reports a preemption (checkpoint saved): no EMA is kept, no later stage starts."""
+    import importlib
+
+    from cloudjax.train import TrainConfig
+
+    steps = []
+
+    def preempted(config, workdir, source):
+        steps.append(config.steps)
+        return {"step": 1, "preempted": True, "timed_out": False}
+
+    monkeypatch.setattr(importlib.import_module("cloudjax.train"), "train", preempted)
+    config = TrainConfig.from_flat(dict(data="patches:64", image_size=8, model="tiny", steps=8, batch_size=4))
+    with pytest.raises(InterruptedError, match="stopped at step 1"):
+        study.train_stages(config, tmp_path / "run", np.zeros((16, 8, 8, 1), np.float32))
+    assert steps == [2] and not list(tmp_path.glob("run/ema_bf16*"))
