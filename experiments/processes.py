@@ -55,23 +55,13 @@ class Model:
     ``restores``, the restoration table."""
 
     settings: dict
-    samplers: tuple[str, ...] = ("ddim", "ddpm")
+    samplers: tuple[str, ...] = ()
     restores: bool = False
 
 
-STEPS = {"ddim": 49, "ddpm": 249}  # sampler steps (NFE 50 and 250); a sampler not listed takes the process's own
-
-
-MODELS = {
-    "ddpm": Model(dict(process="gaussian", prediction="v")),
-    "scale_space_2": Model(dict(process="scale_space", levels=2)),
-    "scale_space_3": Model(dict(process="scale_space", levels=3)),
-    "blurring": Model(dict(process="blurring")),
-    "cold_blur": Model(dict(process="cold", degradation="blur", generation=True), samplers=("cold",)),
-    "restore_blur": Model(dict(process="cold", degradation="blur"), restores=True),
-    "restore_mask": Model(dict(process="cold", degradation="mask"), restores=True),
-    "restore_downsample": Model(dict(process="cold", degradation="downsample"), restores=True),
-}
+PRESET = json.loads((Path(__file__).parent / "configs" / "processes.json").read_text())
+MODELS = {name: Model(**entry) for name, entry in PRESET["models"].items()}
+STEPS = PRESET["steps"]  # sampler steps (NFE 50 and 250); a sampler not listed takes the process's own
 QUICK = dict(
     data="patches:300",
     image_size=8,
