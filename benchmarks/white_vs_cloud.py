@@ -60,6 +60,7 @@ from cloudjax.study import (
     load_dataset,
     plot_samples,
     score,
+    study_config,
     train_stages,
 )
 
@@ -305,32 +306,23 @@ def run_dir(args: argparse.Namespace, data: Dataset, name: str) -> Path:
 def train_config(name: str, spec: str, args: argparse.Namespace):
     """The :class:`cloudjax.train.TrainConfig` of variant ``name`` on ``spec``: the study's network, budget and seed,
     the variant's noise, schedule and loss."""
-    from cloudjax.train import TrainConfig
-
     variant = VARIANTS[name]
-    return TrainConfig.from_flat(
-        dict(
-            data=spec,
-            data_dir=args.data_dir,
-            image_size=args.image_size,
-            channels=1,
-            model=args.model,
-            dtype=args.dtype,
-            batch_size=args.train_batch,
-            steps=args.train_steps,
-            decay_steps=args.train_steps,
-            lr=args.lr,
-            prediction=args.prediction,
-            warmup_steps=min(500, args.train_steps // 10),
-            checkpoint_every=min(args.train_steps, 1000),
-            log_every=min(args.train_steps, 50),
-            ema_decay=args.ema_decay,
-            noise=variant.noise,
-            delta=variant.delta,
-            schedule=variant.schedule,
-            loss_weighting=variant.loss_weighting,
-            seed=args.seed,
-        )
+    return study_config(
+        spec,
+        args.image_size,
+        args.train_steps,
+        args.train_batch,
+        data_dir=args.data_dir,
+        model=args.model,
+        dtype=args.dtype,
+        lr=args.lr,
+        prediction=args.prediction,
+        ema_decay=args.ema_decay,
+        noise=variant.noise,
+        delta=variant.delta,
+        schedule=variant.schedule,
+        loss_weighting=variant.loss_weighting,
+        seed=args.seed,
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "save_ema",
     "load_ema",
     "as_bf16",
+    "study_config",
     "train_stages",
     "loss_summary",
     "get_classifier",
@@ -139,6 +140,28 @@ def as_bf16(params):
     """``params`` rounded to bfloat16 and back (on the host): what a saved EMA holds, so fresh and reloaded runs
     sample alike."""
     return jax.tree.map(lambda p: np.asarray(p).astype(jnp.bfloat16).astype(np.float32), params)
+
+
+def study_config(data: str, image_size: int, steps: int, batch_size: int, **settings):
+    """The :class:`cloudjax.train.TrainConfig` of one study model (grey images): ``steps`` of ``batch_size`` with the
+    lr horizon the whole run, warm-up ``min(500, steps / 10)``, a checkpoint every ``min(steps, 1000)`` steps and a
+    log record every ``min(steps, 50)``; ``settings`` are the other flat fields (model, lr, process, ...)."""
+    from cloudjax.train import TrainConfig
+
+    return TrainConfig.from_flat(
+        dict(
+            data=data,
+            image_size=image_size,
+            channels=1,
+            batch_size=batch_size,
+            steps=steps,
+            decay_steps=steps,
+            warmup_steps=min(500, steps // 10),
+            checkpoint_every=min(steps, 1000),
+            log_every=min(steps, 50),
+            **settings,
+        )
+    )
 
 
 def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.0) -> tuple:

@@ -45,6 +45,7 @@ from cloudjax.study import (
     load_dataset,
     plot_samples,
     score,
+    study_config,
     train_stages,
 )
 
@@ -117,26 +118,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_config(name: str, args: argparse.Namespace):
     """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network, budget and seed."""
-    from cloudjax.train import TrainConfig
-
-    return TrainConfig.from_flat(
-        dict(
-            data=args.data,
-            data_dir=args.data_dir,
-            image_size=args.image_size,
-            channels=1,
-            model=args.model,
-            batch_size=args.train_batch,
-            steps=args.train_steps,
-            decay_steps=args.train_steps,
-            lr=args.lr,
-            warmup_steps=min(500, args.train_steps // 10),
-            checkpoint_every=min(args.train_steps, 1000),
-            log_every=min(args.train_steps, 50),
-            ema_decay=args.ema_decay,
-            seed=args.seed,
-            **MODELS[name].settings,
-        )
+    return study_config(
+        args.data,
+        args.image_size,
+        args.train_steps,
+        args.train_batch,
+        data_dir=args.data_dir,
+        model=args.model,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        **MODELS[name].settings,
     )
 
 
