@@ -122,6 +122,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.models, args.sizes, args.batch, args.iters = ["tiny"], [16], 16, 5
+    device = jax.devices()[0]
+    name = "cpu" if device.platform == "cpu" else device.device_kind.replace(" ", "_")
+    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "quick": args.quick,
+    }
     rows = []
     for model in args.models:
         for size in args.sizes:
@@ -130,18 +140,9 @@ def main() -> None:
                     row = bench(model, size, dtype, noise, args.batch, args.iters)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-    device = jax.devices()[0]
-    name = "cpu" if device.platform == "cpu" else device.device_kind.replace(" ", "_")
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_step_{name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],  # other work on the machine skews the timings
-        "jax": jax.__version__,
-        "quick": args.quick,
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+                    # written after every row: a run stopped by a timeout keeps what it measured
+                    meta["load_average_1min"] = os.getloadavg()[0]  # other work on the machine skews the timings
+                    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"→ {out}")
 
 

@@ -424,9 +424,8 @@ class Study:
     sheets: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def prepare(spec: str, args: argparse.Namespace) -> Study:
-    """Load one dataset, score the real-data floor and train (or load) every variant's model."""
-    data = load_dataset(spec, args.image_size, args.num_ref, args.max_train, args.data_dir, args.seed)
+def prepare(spec: str, data: Dataset, args: argparse.Namespace) -> Study:
+    """Score one dataset's real-data floor and train (or load) every variant's model."""
     classifier = classifier_for(data, args)
     reference = features(data.ref, classifier, args.inception_weights)
     key, second = jax.random.key(args.seed), data.ref2[: args.num_samples]
@@ -527,7 +526,11 @@ def main(argv: list[str] | None = None) -> dict:
             study.reference, samples, key, study.classifier, args.swd_patches, args.bootstrap, args.inception_weights
         )
 
-    studies = [prepare(spec, args) for spec in args.datasets]
+    # every dataset is read before the first model trains: a missing file fails in seconds, not after hours
+    datas = [
+        load_dataset(s, args.image_size, args.num_ref, args.max_train, args.data_dir, args.seed) for s in args.datasets
+    ]
+    studies = [prepare(spec, data, args) for spec, data in zip(args.datasets, datas, strict=True)]
     if args.train_only:
         return result
     key, batch = jax.random.key(args.seed), min(args.sample_batch, args.num_samples)

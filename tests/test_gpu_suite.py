@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_suite.sh"
 
 def test_gpu_suite_dry_run_writes_every_part_under_one_folder(tmp_path):
     """``benchmarks/gpu_suite.sh --dry-run``: every part at tiny sizes on the CPU, each writing JSON under one
-    folder, few enough files (8) to copy back from a GPU machine, and the study sized from the measured step."""
+    folder, few enough files (8) to copy back from a GPU machine, every part run (none timed out or failed)."""
     out = tmp_path / "suite"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: the machine it sizes for
     env["PYTHON"] = sys.executable
@@ -35,7 +35,7 @@ def test_gpu_suite_dry_run_writes_every_part_under_one_folder(tmp_path):
     assert json.loads((out / "train_throughput.json").read_text())["rows"][0]["images_per_second"] > 0
     study = json.loads((out / "white_vs_cloud.json").read_text())
     _check_rows(study["rows"], ["cloud"], ["ddim"], [3])
-    assert study["config"]["train_steps"] >= 2 and 0 <= study["config"]["ema_decay"] < 1
+    assert study["config"]["train_steps"] == 4 and study["config"]["ema_decay"] == 0
     with tarfile.open(out / "white_vs_cloud.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("_metrics.png") for n in names) and any(n.endswith("/run.json") for n in names)
