@@ -1,10 +1,10 @@
 """XLA defaults set before JAX's backends start: ``XLA_FLAGS`` is read once, when the first backend is made.
 
-On a CPU, jaxlib 0.10 hands most of a UNet's convolutions to YNNPACK, whose convolutions are slower than XLA's own
-at these shapes (a ``small`` train step at 32 px takes ~1.4× as long); ``-individual_convolution`` keeps YNNPACK
-for dots and reductions only. The flag touches XLA:CPU's compiler alone (a GPU backend ignores it), is added only
-for jaxlib versions known to accept it (XLA aborts the process on a flag it does not know), never replaces a value
-the user set, and ``CLOUDJAX_XLA_DEFAULTS=0`` turns it off.
+On a CPU, jaxlib 0.10 and 0.11 hand most of a UNet's convolutions to YNNPACK, whose convolutions are slower than
+XLA's own at these shapes (a ``small`` train step at 32 px takes ~1.5× as long); ``-individual_convolution`` keeps
+YNNPACK for dots and reductions only. The flag touches XLA:CPU's compiler alone (a GPU backend ignores it), is added
+only for jaxlib versions known to accept it (XLA aborts the process on a flag it does not know), never replaces a
+value the user set, and ``CLOUDJAX_XLA_DEFAULTS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 ENV_VAR = "CLOUDJAX_XLA_DEFAULTS"
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 DEFAULTS = {YNN_FLAG: "-individual_convolution"}
-JAXLIB = {(0, 10)}  # (major, minor) of the jaxlib releases checked to accept every flag in DEFAULTS
+JAXLIB = {(0, 10), (0, 11)}  # (major, minor) of the jaxlib releases checked to accept every flag in DEFAULTS
 
 
 def _jaxlib_version() -> tuple[int, ...] | None:

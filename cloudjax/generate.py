@@ -44,6 +44,24 @@ def generate(run: Run, graphdef, params, key: jax.Array, num: int, steps=None, m
     return np.asarray(run.denormalize(x))
 
 
+def class_labels(run: Run, num: int, labels=None) -> np.ndarray | None:
+    """int32 ``(num,)`` labels for ``num`` samples of a class-conditional run: ``labels`` (class indices or the run's
+    class names; default every class) repeated in turn, sample i of class ``labels[i % len(labels)]``. None for an
+    unconditional run given no labels; ``ValueError`` for labels it does not have."""
+    c, names = run.config, run.class_names or ()
+    if not c.class_conditional:
+        if labels is not None:
+            raise ValueError("labels need a class-conditional run (train it with --class-conditional)")
+        return None
+    labels = range(c.num_classes) if labels is None else labels
+    index = [names.index(x) if x in names else x for x in labels]
+    if not index or not all(isinstance(i, int | np.integer) and 0 <= i < c.num_classes for i in index):
+        raise ValueError(
+            f"labels must be class indices in 0 … {c.num_classes - 1} or the run's class names, got {labels}"
+        )
+    return np.resize(np.asarray(index, np.int32), num)
+
+
 def restore(run: Run, graphdef, params, images, steps=None) -> dict[str, np.ndarray]:
     """The restorations of ``images`` ``(N, H, W, C)`` (data units) by a run whose process is a deterministic
     degradation (:class:`~cloudjax.process.Degradation`: Cold Diffusion): ``{name: (N, H, W, C)}``, in order

@@ -164,8 +164,9 @@ def study_config(data: str, image_size: int, steps: int, batch_size: int, **sett
     )
 
 
-def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.0) -> tuple:
-    """``(run, graphdef, bf16 EMA params)`` of ``config`` trained on ``images`` for ``fraction`` of its steps.
+def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.0, labels=None) -> tuple:
+    """``(run, graphdef, bf16 EMA params)`` of ``config`` trained on ``images`` (and their ``labels``, for a
+    class-conditional config) for ``fraction`` of its steps.
 
     A stage whose ``ema_bf16*.npz`` exists is loaded; otherwise the stages of :data:`EMA_AT` up to ``fraction``
     are trained or resumed in turn (``config.decay_steps`` is the whole run, so the stages are one run cut in
@@ -177,6 +178,7 @@ def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.
 
     workdir = Path(workdir)
     run = check_workdir(config, workdir)  # refuses a folder that holds a different run
+    config = config if run is None else run.config  # with what the run measured (e.g. its number of classes)
 
     def saved(stage: float):
         path = ema_path(workdir, stage)
@@ -191,7 +193,7 @@ def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.
         done = saved(stage)
         if done is None:
             steps = round(stage * config.steps)
-            source = ArraySource(images, config.image_size, config.channels)
+            source = ArraySource(images, config.image_size, config.channels, labels=labels)
             summary = train(dataclasses.replace(config, steps=steps), workdir, source=source)
             if summary["preempted"] or summary["timed_out"]:  # saved and resumable: no stage after it
                 raise InterruptedError(f"{workdir}: stopped at step {summary['step']}; run again to resume")

@@ -24,6 +24,7 @@ A model whose ``ema_bf16.npz`` is in ``--workdir`` only samples, so the committe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -315,8 +316,9 @@ def measured_before(out: Path, result: dict, models: list[str]) -> tuple[dict, d
     result["config"]["models"] = [m for m in before["config"]["models"] if kept(m)] + models
     with np.load(out / "processes_sheets.npz") as stored:
         sheets = {(k.split("/")[0], int(k.split("/")[1])): stored[k] for k in stored.files if kept(k.split("/")[0])}
-    with np.load(out / "processes_restorations.npz") as stored:
-        for k in stored.files:
+    restorations = out / "processes_restorations.npz"  # none until a restoration model is scored
+    with np.load(restorations) if restorations.is_file() else contextlib.nullcontext({}) as stored:
+        for k in stored:
             degradation, method = k.split("/")
             if kept(f"restore_{degradation}"):
                 grids.setdefault(degradation, {})[method] = stored[k]

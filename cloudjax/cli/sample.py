@@ -39,7 +39,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from cloudjax.generate import generate
+    from cloudjax.generate import class_labels, generate
     from cloudjax.plots import save_image_grid
     from cloudjax.train import load_run
 
@@ -62,13 +62,20 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     c = run.config
     t_start = 1.0 if args.t_start is None else args.t_start
     batch = min(args.batch_size, args.num)
+    try:  # sample i has label i mod len(--labels); the last batch is drawn whole and cut
+        labels = class_labels(run, args.num + batch, args.labels)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.guidance and labels is None:
+        raise UsageError("--guidance needs a class-conditional run (train it with --class-conditional)")
     grid = []
 
     def batches():
         for i, start in enumerate(range(0, args.num, batch)):
             key = jax.random.fold_in(jax.random.key(args.seed), i)
+            kw = {} if labels is None else dict(labels=labels[start : start + batch], guidance=args.guidance)
             try:
-                x = generate(run, graphdef, state.ema, key, batch, args.steps, args.method, t_start=t_start)
+                x = generate(run, graphdef, state.ema, key, batch, args.steps, args.method, t_start=t_start, **kw)
             except ValueError as e:
                 raise UsageError(str(e)) from None
             x = x[: args.num - start]
@@ -78,10 +85,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     method, steps = args.method or c.process.sampler, args.steps or c.process.sampler_steps
     info = dict(step=int(state.step), seed=args.seed, method=method, steps=steps, t_start=t_start)
+    if labels is not None:
+        info.update(labels=labels[: args.num], guidance=args.guidance)
     _write_npz(stem.with_suffix(".npz"), batches(), (args.num, c.image_size, c.image_size, c.channels), info)
-    save_image_grid(np.concatenate(grid), stem.with_suffix(".png"))
+    images, ncols = np.concatenate(grid), None
+    if labels is not None:  # one row per requested class
+        classes = list(dict.fromkeys(labels[: len(images)].tolist()))
+        ncols = max(1, len(images) // len(classes))
+        images = np.concatenate([images[labels[: len(images)] == k][:ncols] for k in classes])
+    save_image_grid(images, stem.with_suffix(".png"), ncols=ncols)
     print(f"{args.num} samples of step {info['step']} → {stem}.png, {stem}.npz")
     return 0
+
+
+def _labels(text: str) -> list[int | str]:
+    """``--labels 0,3,7`` (or class names): class indices as ints, names as they are."""
+    return [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in text.split(",")]
 
 
 GRID_MAX = 256  # images in the PNG grid of `sample`
@@ -143,6 +162,16 @@ def register(sub) -> None:
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; cold: T)")
     p.add_argument("--method", choices=registry.SAMPLERS, default=None, help="sampler (default ddim; cold: cold)")
+    p.add_argument(
+        "--labels",
+        type=_labels,
+        default=None,
+        help="class-conditional runs: classes to sample, indices or names, e.g. 0,3,7 (repeated to fill --num; "
+        "default every class); the grid has one row per class",
+    )
+    p.add_argument(
+        "--guidance", type=float, default=0.0, help="classifier-free guidance w >= 0 (class-conditional runs)"
+    )
     p.add_argument(
         "--restore",
         action="store_true",

@@ -43,6 +43,9 @@ class TrainConfig:
     """Everything that defines a training run (JSON-serialisable; the command line's flags are made from its fields).
 
     data, data_dir, drop_letterbox, image_size, channels: the dataset (``cloudjax.data.open_source``).
+    class_conditional: the network takes the data's labels (``num_classes`` of them, filled in from the data by
+    :meth:`with_classes`), each dropped to "no class" with probability ``label_dropout`` in training, so that one
+    network gives conditional and unconditional predictions (classifier-free guidance).
     model: UNet preset (``tiny``, ``small``, ``base``); dropout: None keeps the preset's.
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
     batch_size: global batch per step; grad_accum: micro-batches it is split into (divides batch_size).
@@ -67,6 +70,11 @@ class TrainConfig:
     drop_letterbox: bool = setting(
         False, "skip images with near-constant bars on an edge (the paper's STL-10 filter; one pass over the data)"
     )
+    class_conditional: bool = setting(
+        False, "train a class-conditional model on the data's labels (sample with --labels and --guidance)"
+    )
+    label_dropout: float = setting(0.1, "class-conditional: chance that a label is dropped to 'no class' (for CFG)")
+    num_classes: int | None = setting(None, "class-conditional: the number of classes (default: the data's)")
     image_size: int = setting(32, "image height and width in pixels")
     channels: int = setting(1, "1 grey, 3 RGB", (1, 3))
     model: str = setting("small", "UNet preset", registry.MODELS)
@@ -103,6 +111,10 @@ class TrainConfig:
             raise ValueError("lr and clip_norm must be > 0, final_lr_ratio in [0, 1], ema_decay in [0, 1)")
         if self.warmup_steps < 0 or self.sample_every < 0:
             raise ValueError("warmup_steps and sample_every must be >= 0")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.num_classes is not None and not (self.class_conditional and self.num_classes >= 1):
+            raise ValueError(f"num_classes needs class_conditional and must be >= 1, got {self.num_classes}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.decay_steps is not None and self.decay_steps < 1:
@@ -118,8 +130,19 @@ class TrainConfig:
         if self.sample_every and not self.process.generates:
             raise ValueError("sample_every needs a process that generates (gaussian, or cold with generation)")
 
+    def with_classes(self, num_classes: int | None) -> TrainConfig:
+        """This config for data of ``num_classes`` labels (None: unlabelled): a class-conditional config takes the
+        data's count; ``ValueError`` in one line for unlabelled data or a count that differs from ``num_classes``."""
+        if not self.class_conditional:
+            return self
+        if num_classes is None:
+            raise ValueError(f"--class-conditional needs data with labels; {self.data} has none")
+        if self.num_classes not in (None, num_classes):
+            raise ValueError(f"num_classes is {self.num_classes}, but the data have {num_classes} classes")
+        return dataclasses.replace(self, num_classes=num_classes)
+
     def unet_config(self):
-        overrides = dict(channels=self.channels, dtype=self.dtype)
+        overrides = dict(channels=self.channels, dtype=self.dtype, num_classes=self.num_classes or 0)
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
         return preset(self.model, **overrides)

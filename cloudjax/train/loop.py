@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from cloudjax._files import atomic_write, workdir_lock
 from cloudjax.compile_cache import enable_compile_cache
-from cloudjax.generate import generate
+from cloudjax.generate import class_labels, generate
 from cloudjax.train.checkpoints import _digest, _host_copy, _manager, _restore_verified
 from cloudjax.train.config import TrainConfig
 from cloudjax.train.log import _clock, _Logger, _StopFlag
@@ -63,6 +63,7 @@ def train(
         raise ValueError(
             f"data images are {source.image_shape}, config expects {config.image_size}² × {config.channels}"
         )
+    config = config.with_classes(getattr(source, "num_classes", None))
     if config.batch_size > source.num_examples:
         raise ValueError(f"batch_size {config.batch_size} is larger than the data ({source.num_examples} images)")
     with workdir_lock(workdir) if lead else contextlib.nullcontext():
@@ -113,12 +114,18 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
         graphdef = _graphdef(config)
         data_step = meta["data_step"]
     step_fn = _cached_train_step(graphdef, run, mesh)
-    batches = BatchIterator(source, config.batch_size, config.seed, step=data_step)
+    batches = BatchIterator(source, config.batch_size, config.seed, step=data_step, labels=config.class_conditional)
     base_key = jax.random.wrap_key_data(jnp.copy(state.rng))  # a buffer of its own: the state is donated
     logger = _Logger(workdir, lead, stream, start or 0)
     step, last_saved, preempted = int(state.step), start, False
     first = step  # one batch a step: batch data_step + (step - first) is the next one to train on
-    host_batch = lambda: run.normalize(next(batches)).astype(np.float32)
+
+    def host_batch():
+        """The next batch, normalised: ``(B, H, W, C)``, or ``(images, labels (B,))`` if class-conditional."""
+        batch = next(batches)
+        if not config.class_conditional:
+            return run.normalize(batch).astype(np.float32)
+        return run.normalize(batch[0]).astype(np.float32), np.asarray(batch[1], np.int32)
 
     def where() -> str:
         return f"step {last_saved} in {workdir / 'checkpoints'}" if last_saved is not None else "none yet"
@@ -150,7 +157,7 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
         with _StopFlag() as stop:
             ahead = host_batch() if step < config.steps else None
             while step < config.steps:
-                batch = jax.make_array_from_process_local_data(data_sharding, ahead)
+                batch = jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a), ahead)
                 state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
                 step += 1
                 if step < config.steps:  # the next batch is read while this step (and the one before) run
@@ -196,9 +203,11 @@ def _train(config: TrainConfig, workdir: Path, source, stream, time_limit: float
 
 
 def _sample_grid(run: Run, graphdef, params, path: Path, write: bool, num: int = 16, steps=None) -> None:
-    """EMA samples (every process computes; ``write`` on one) as a PNG grid: the run's progress at a glance."""
+    """EMA samples (every process computes; ``write`` on one) as a PNG grid: the run's progress at a glance
+    (a class-conditional run's: every class in turn)."""
     from cloudjax.plots import save_image_grid
 
-    images = generate(run, graphdef, params, jax.random.key(run.config.seed), num, steps=steps)
+    key = jax.random.key(run.config.seed)
+    images = generate(run, graphdef, params, key, num, steps=steps, labels=class_labels(run, num))
     if write:
         save_image_grid(images, path)

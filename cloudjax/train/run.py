@@ -17,21 +17,28 @@ from etils.epath import Path  # local paths and buckets (gs://, s3://) alike, as
 
 from cloudjax.train.config import _RESUMABLE_FIELDS, TrainConfig
 
-_OWN = ("config", "mean", "std", "data_fingerprint")  # run.json's keys besides the process's measurements
+_OWN = (
+    "config",
+    "mean",
+    "std",
+    "data_fingerprint",
+    "class_names",
+)  # run.json's keys besides the process's measurements
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     """What ``run.json`` holds: the config, the data normaliser (per-channel mean, std), the process's measurements
     on the data (:meth:`cloudjax.process.ProcessSpec.measure`: Δ, the SNR ratio, the mean prior, ...; JSON values by
-    name, stored beside the rest) and a fingerprint of the data (size, image shape, a hash of the normaliser sample)
-    that a resumed run must match."""
+    name, stored beside the rest), a fingerprint of the data (size, image shape, a hash of the normaliser sample)
+    that a resumed run must match, and a class-conditional run's class names (when the data name them)."""
 
     config: TrainConfig
     mean: tuple[float, ...]
     std: tuple[float, ...]
     measurements: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     data_fingerprint: str | None = None
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):  # JSON values (lists, not tuples), so a run equals itself read back
         object.__setattr__(self, "measurements", json.loads(json.dumps(dict(self.measurements))))
@@ -50,6 +57,8 @@ class Run:
 
     def to_json(self) -> str:
         own = dict(config=self.config.to_json(), mean=self.mean, std=self.std)
+        if self.class_names is not None:
+            own["class_names"] = self.class_names
         return json.dumps({**own, **self.measurements, "data_fingerprint": self.data_fingerprint}, indent=1)
 
     @classmethod
@@ -60,7 +69,9 @@ class Run:
         d = json.loads(text)
         measurements = {k: v for k, v in d.items() if k not in _OWN and v is not None}
         config = TrainConfig.from_json(d["config"])
-        return cls(config, tuple(d["mean"]), tuple(d["std"]), measurements, d.get("data_fingerprint")).check()
+        names = d.get("class_names")
+        names = None if names is None else tuple(names)
+        return cls(config, tuple(d["mean"]), tuple(d["std"]), measurements, d.get("data_fingerprint"), names).check()
 
     def check(self) -> Run:
         """This run if what it holds is what a run measures (a hand-edited run.json is refused like a bad flag):
@@ -71,6 +82,9 @@ class Run:
             raise ValueError(f"mean and std must be {C} finite numbers each, std > 0, got {self.mean} and {self.std}")
         if self.data_fingerprint is not None and not isinstance(self.data_fingerprint, str):
             raise ValueError(f"data_fingerprint must be a string, got {self.data_fingerprint!r}")
+        names, classes = self.class_names, self.config.num_classes
+        if names is not None and not (len(names) == classes and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"class_names must be {classes} strings, got {names!r}")
         _ = self.diffusion  # the spec checks the measurements as it builds the process
         return self
 
@@ -108,7 +122,9 @@ def _measure(config: TrainConfig, source) -> Run:
     x, fingerprint = _normalizer_sample(config, source)
     config = dataclasses.replace(config, decay_steps=config.decay_steps or config.steps)
     mean, std = x.mean(axis=(0, 1, 2)), np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
-    run = Run(config, tuple(map(float, mean)), tuple(map(float, std)), data_fingerprint=fingerprint)
+    names = getattr(source, "class_names", None) if config.class_conditional else None
+    names = None if names is None else tuple(names)
+    run = Run(config, tuple(map(float, mean)), tuple(map(float, std)), data_fingerprint=fingerprint, class_names=names)
     measurements = config.process.measure(run.normalize(x).astype(np.float32), std, config.seed)
     return dataclasses.replace(run, measurements=measurements)
 
@@ -116,7 +132,8 @@ def _measure(config: TrainConfig, source) -> Run:
 def check_workdir(config: TrainConfig, workdir: str | Path) -> Run | None:
     """The run in ``workdir`` with ``config`` applied (None if there is none yet); ``ValueError`` if the
     workdir holds a different run (only ``steps`` and the logging/checkpoint intervals may change), if its
-    run.json is damaged, or if ``workdir`` cannot be a folder. ``decay_steps=None`` keeps the run's horizon."""
+    run.json is damaged, or if ``workdir`` cannot be a folder. ``decay_steps=None`` keeps the run's horizon,
+    ``num_classes=None`` its classes."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"workdir {workdir} is a file, not a folder")
@@ -125,6 +142,8 @@ def check_workdir(config: TrainConfig, workdir: str | Path) -> Run | None:
         return None
     horizon = run.config.decay_steps or run.config.steps  # run.json of older versions: the last leg's horizon
     config = dataclasses.replace(config, decay_steps=config.decay_steps or horizon)
+    if config.class_conditional and config.num_classes is None and run.config.class_conditional:
+        config = dataclasses.replace(config, num_classes=run.config.num_classes)  # None: the run's classes
     old, new = dataclasses.replace(run.config, decay_steps=horizon).flat(), config.flat()
     names = [k for k in dict.fromkeys([*old, *new]) if k not in _RESUMABLE_FIELDS and old.get(k) != new.get(k)]
     changed = [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in names]

@@ -110,5 +110,11 @@ def _cached_train_step(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh
 def _train_step_for(graphdef: nnx.GraphDef, run: Run, mesh: jax.sharding.Mesh) -> Callable:
     c = run.config
     return make_train_step(
-        graphdef, run.diffusion, make_optimizer(c), ema_decay=c.ema_decay, grad_accum=c.grad_accum, mesh=mesh
+        graphdef,
+        run.diffusion,
+        make_optimizer(c),
+        ema_decay=c.ema_decay,
+        grad_accum=c.grad_accum,
+        mesh=mesh,
+        label_dropout=c.label_dropout if c.class_conditional else 0.0,
     )
