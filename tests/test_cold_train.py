@@ -102,11 +102,3 @@ def test_cold_flag_mistakes_print_one_line_and_exit_2(flags, message, tmp_path, 
     assert main([*argv, *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
-
-
-def test_class_conditional_cold_run_samples_the_requested_class(tmp_path):
-    """`cloudjax train --class-conditional` then `sample --labels K --guidance 2` gives class K
-    (``test_conditioning_train``)."""
-    from test_conditioning_train import check_requested_class, train_toy
-
-    check_requested_class(*train_toy("cold", tmp_path), tmp_path)

@@ -47,11 +47,3 @@ def test_level_mistakes_print_one_line_and_exit_2(flags, message, tmp_path, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
-
-
-def test_class_conditional_scale_space_run_samples_the_requested_class(tmp_path):
-    """`cloudjax train --class-conditional` then `sample --labels K --guidance 2` gives class K
-    (``test_conditioning_train``)."""
-    from test_conditioning_train import check_requested_class, train_toy
-
-    check_requested_class(*train_toy("scale_space", tmp_path), tmp_path)
