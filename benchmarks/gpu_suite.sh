@@ -2,9 +2,9 @@
 # Every GPU benchmark of cloudjax in one command, sized for one 10-minute command on an H100/H200: the white-vs-cloud
 # study at 32 px with the `small` UNet first (the project's research question), then the noise kernels, the train
 # step (MFU) and training throughput with what is left. Everything lands in one folder: JSON per part, the study's
-# figures and per-run logs in white_vs_cloud.tar.gz, and suite.log (at most 8 files, the most a GPU machine returns).
+# figures and per-run logs in white_vs_cloud.tar.gz, and suite.log (at most 8 files).
 #
-#   bash benchmarks/gpu_suite.sh [DIR]             # on the GPU machine; DIR defaults to $OUT
+#   bash benchmarks/gpu_suite.sh [DIR]             # on a GPU; DIR defaults to benchmarks/results/gpu_suite
 #   bash benchmarks/gpu_suite.sh --dry-run [DIR]   # every part at tiny sizes on the CPU (tests/ runs this)
 #   bash benchmarks/gpu_suite.sh --inception-weights PATH [DIR]   # the study also scores FID (README "FID")
 #
@@ -21,9 +21,9 @@
 # Each part's timeout is what is left of 570 s; each part saves its rows as they come. VARIANTS, DATASETS,
 # SAMPLERS and TRAIN_STEPS can be set in the environment.
 #
-# Fashion-MNIST: the GPU machine has no dataset files and no network. Copy the four IDX files into the checkout
-# first (git ignores .data/) and carry the folder to the GPU machine:
-#   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/   # 30 MB; carry: [".data"]
+# Fashion-MNIST on a machine without the dataset or a network: copy the four IDX files into the checkout first (git
+# ignores .data/) and take that folder along with the checkout:
+#   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/   # 30 MB
 # Without them the study runs on natural patches. On the machine the repo is put on PYTHONPATH.
 set -euo pipefail
 
@@ -36,7 +36,7 @@ while [[ "${1:-}" == --* ]]; do
     *) echo "gpu_suite.sh: unknown option $1" >&2 && exit 2 ;;
     esac
 done
-DIR="${1:-${OUT:?give an output folder or set OUT}}"
+DIR="${1:-benchmarks/results/gpu_suite}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
