@@ -29,7 +29,15 @@ from cloudjax import metrics
 from cloudjax.generate import generate
 from cloudjax.models.classifier import classifier_features
 from cloudjax.plots import new_figure
-from cloudjax.study import device_name, get_classifier, interval, load_dataset, study_config, train_stages
+from cloudjax.study import (
+    add_model_arguments,
+    device_name,
+    get_classifier,
+    interval,
+    load_dataset,
+    model_config,
+    train_stages,
+)
 
 VARIANTS = {"white": {"noise": "white"}, "cloud": {"noise": "cloud"}}
 QUICK = dict(  # with a small labelled --data
@@ -47,15 +55,8 @@ QUICK = dict(  # with a small labelled --data
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a seconds-long check: tiny data, model and counts")
-    p.add_argument("--data", default="fashion_mnist", help="a labelled --data spec (grey)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--image-size", type=int, default=16)
+    add_model_arguments(p)  # --data: a labelled spec
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--model", default="tiny", help="UNet preset")
-    p.add_argument("--train-steps", type=int, default=8000)
-    p.add_argument("--train-batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--guidance", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="the weights w")
     p.add_argument("--nfe", nargs="+", type=int, default=[10, 25, 50], help="DDIM steps")
@@ -68,7 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default="benchmarks/results/guidance_cpu/runs", help="training runs go here")
     p.add_argument("--out", default="benchmarks/results/guidance_cpu")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the models, then exit")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
@@ -145,16 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {args.data} has no labels")
     models = {}
     for name in args.variants:
-        config = study_config(
-            args.data,
-            args.image_size,
-            args.train_steps,
-            args.train_batch,
-            data_dir=args.data_dir,
-            model=args.model,
-            lr=args.lr,
-            ema_decay=args.ema_decay,
-            seed=args.seed,
+        config = model_config(
+            args,
             process="gaussian",
             prediction="v",
             class_conditional=True,

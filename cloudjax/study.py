@@ -164,6 +164,36 @@ def study_config(data: str, image_size: int, steps: int, batch_size: int, **sett
     )
 
 
+def add_model_arguments(p) -> None:
+    """The flags of a study model's data, network and budget on the argparse parser ``p`` (Fashion-MNIST 16 px, the
+    ``tiny`` UNet, 8,000 steps of 64, lr 1e-3, EMA 0.999: the studies' defaults); :func:`model_config` reads them."""
+    p.add_argument("--data", default="fashion_mnist", help="a --data spec (grey)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--model", default="tiny", help="UNet preset (scale space: its Flexi-UNet)")
+    p.add_argument("--train-steps", type=int, default=8000)
+    p.add_argument("--train-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 10 %%)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def model_config(args, **settings):
+    """:func:`study_config` of the flags of :func:`add_model_arguments` and the model's own ``settings``."""
+    return study_config(
+        args.data,
+        args.image_size,
+        args.train_steps,
+        args.train_batch,
+        data_dir=args.data_dir,
+        model=args.model,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        **settings,
+    )
+
+
 def train_stages(config, workdir: Path, images: np.ndarray, fraction: float = 1.0, labels=None) -> tuple:
     """``(run, graphdef, bf16 EMA params)`` of ``config`` trained on ``images`` (and their ``labels``, for a
     class-conditional config) for ``fraction`` of its steps.

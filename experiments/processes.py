@@ -38,15 +38,16 @@ import numpy as np
 from cloudjax.generate import generate, restore
 from cloudjax.study import (
     EMA_AT,
+    add_model_arguments,
     device_name,
     draw,
     features,
     get_classifier,
     interval,
     load_dataset,
+    model_config,
     plot_samples,
     score,
-    study_config,
     train_stages,
 )
 
@@ -83,15 +84,8 @@ QUICK = dict(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a seconds-long check: tiny data, model and counts")
-    p.add_argument("--data", default="fashion_mnist", help="a --data spec (grey)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--image-size", type=int, default=16)
+    add_model_arguments(p)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--model", default="tiny", help="UNet preset (scale space: its Flexi-UNet)")
-    p.add_argument("--train-steps", type=int, default=8000)
-    p.add_argument("--train-batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to 10 %%)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--num-samples", type=int, default=512, help="samples per row, held-out images per table")
     p.add_argument("--num-ref", type=int, default=1024, help="held-out images scored against")
     p.add_argument("--sample-batch", type=int, default=512)
@@ -103,7 +97,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="experiments/results/processes_cpu")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the models, then exit")
     p.add_argument("--steps", nargs="+", default=[], metavar="SAMPLER=N", help=f"sampler steps (default {STEPS})")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
@@ -119,18 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_config(name: str, args: argparse.Namespace):
     """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network, budget and seed."""
-    return study_config(
-        args.data,
-        args.image_size,
-        args.train_steps,
-        args.train_batch,
-        data_dir=args.data_dir,
-        model=args.model,
-        lr=args.lr,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        **MODELS[name].settings,
-    )
+    return model_config(args, **MODELS[name].settings)
 
 
 def class_scores(classifier, images: np.ndarray, bootstrap: int, seed: int) -> dict:
