@@ -45,10 +45,10 @@ from flax import struct
 
 from cloudjax import registry
 from cloudjax._config import fill, setting
-from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, _per_example, stratified_times
+from cloudjax.diffusion import GaussianDiffusion, _noise_fourier_std, stratified_times
 from cloudjax.noise import WhiteNoise
 from cloudjax.noise_settings import NoiseSettings, loss_setting
-from cloudjax.process import OwnGaussianStep, check_output, check_times, with_labels
+from cloudjax.process import OwnGaussianStep, check_noise, check_output, check_times, per_example, with_labels
 from cloudjax.schedules import time_grid
 from cloudjax.spectral import dct2, idct2, irfft_real, rfft_real, wavenumbers
 
@@ -159,7 +159,8 @@ class BlurringDiffusion(OwnGaussianStep):
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x0.shape[:1])
         if noise is None:
             noise = self.noise.sample(key, x0.shape)
-        return self.mean(x0, t) + _per_example(self.alpha_sigma(t)[1], x0.ndim) * noise
+        check_noise(noise, x0)
+        return self.mean(x0, t) + per_example(self.alpha_sigma(t)[1], x0) * noise
 
     def loss(self, apply_fn: Callable, key: jax.Array, x0: jnp.ndarray, labels=None) -> jnp.ndarray:
         """x0 regression with GaussianDiffusion's norms and weights; t stratified over the batch (``labels``: see
@@ -171,7 +172,7 @@ class BlurringDiffusion(OwnGaussianStep):
         t = stratified_times(key_t, x0.shape[0])
         x_t = self.q_sample(key_eps, x0, t)
         g = self.gaussian
-        out = check_output(with_labels(apply_fn, labels)(x_t, t), x_t.shape, "apply_fn")
+        out = check_output(with_labels(apply_fn, labels, x0.shape[0])(x_t, t), x_t.shape, "apply_fn")
         return jnp.mean(g.time_weight(t) * g.squared_error(out - x0))
 
     # -- the sampler's interface (cloudjax.process.ForwardProcess; samplers "ddim" and "ddpm") ---------------
@@ -230,7 +231,7 @@ def blurring_oracle(diffusion: BlurringDiffusion, data_variance) -> Callable:
     def denoise(x_t: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         A = diffusion.gain(t, *x_t.shape[1:3])
         N = _noise_fourier_std(diffusion.noise, x_t.shape) ** 2  # per mode of either basis (white: 1)
-        sigma = _per_example(diffusion.alpha_sigma(t)[1], x_t.ndim)
+        sigma = per_example(diffusion.alpha_sigma(t)[1], x_t)
         return diffusion.from_modes(A * C / (A**2 * C + sigma**2 * N) * diffusion.to_modes(x_t))
 
     return denoise

@@ -185,7 +185,7 @@ class ColdDiffusion(Degradation):
             raise ValueError(f"x0 must be a (batch, H, W, C) array, got shape {x0.shape}")
         t = jax.random.randint(key, x0.shape[:1], 1, self.steps + 1)
         x_t = self.degrade(x0, t)
-        apply_fn = with_labels(apply_fn, labels)
+        apply_fn = with_labels(apply_fn, labels, x0.shape[0])
         out = check_output(apply_fn(x_t, t.astype(jnp.float32) / self.steps), x_t.shape, "apply_fn")
         return jnp.mean(error_norm(self.loss_weighting, out - x0))
 

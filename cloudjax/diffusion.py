@@ -43,7 +43,7 @@ from cloudjax import registry
 from cloudjax._config import setting
 from cloudjax.noise import WhiteNoise
 from cloudjax.noise_settings import NoiseSettings
-from cloudjax.process import check_output, check_times, with_labels
+from cloudjax.process import check_noise, check_output, check_times, per_example, with_labels
 from cloudjax.schedules import get_schedule, time_grid
 from cloudjax.spectral import irfft_real, rfft_real
 
@@ -89,12 +89,6 @@ def stratified_times(key: jax.Array, batch: int) -> jnp.ndarray:
     """Training times ``t_b = (u + b / B) mod 1`` for b < B with one u ~ U(0, 1): float32 ``(B,)``, each t_b
     uniform on [0, 1), the batch spread evenly over it (lower variance than B independent draws)."""
     return jnp.mod(jax.random.uniform(key, (), jnp.float32) + jnp.arange(batch, dtype=jnp.float32) / batch, 1.0)
-
-
-def _per_example(t: jnp.ndarray, ndim: int) -> jnp.ndarray:
-    """Broadcast a ``(batch,)`` (or scalar) t-dependent value against ``(batch, H, W, C)``."""
-    t = jnp.asarray(t, jnp.float32)
-    return t.reshape(t.shape + (1,) * (ndim - t.ndim))
 
 
 @struct.dataclass
@@ -155,21 +149,22 @@ class GaussianDiffusion:
         x0 = jnp.asarray(x0)
         if noise is None:
             noise = self.noise.sample(key, x0.shape)
-        return self.mean(x0, t) + self.alpha_sigma(_per_example(t, x0.ndim))[1] * noise
+        check_noise(noise, x0)
+        return self.mean(x0, t) + self.alpha_sigma(per_example(t, x0))[1] * noise
 
     def mean(self, x0: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         """``E[x_t | x0] = α_t x0`` for x0 ``(B, H, W, C)`` and t ``(B,)`` (or a scalar) in [0, 1]."""
         x0 = jnp.asarray(x0)
         check_times(t)
-        return self.alpha_sigma(_per_example(t, x0.ndim))[0] * x0
+        return self.alpha_sigma(per_example(t, x0))[0] * x0
 
     def to_x0_eps(self, out: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(x̂0, ε̂) from the network output ``out`` at (x_t, t), t of shape ``(B,)``."""
-        return to_x0_eps(self.prediction, out, x_t, *self.alpha_sigma(_per_example(t, x_t.ndim)))
+        return to_x0_eps(self.prediction, out, x_t, *self.alpha_sigma(per_example(t, x_t)))
 
     def target(self, x0: jnp.ndarray, eps: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         """The regression target (ε, x0 or v) for x0 and ε at times t ``(B,)``."""
-        return from_x0_eps(self.prediction, x0, eps, *self.alpha_sigma(_per_example(t, x0.ndim)))
+        return from_x0_eps(self.prediction, x0, eps, *self.alpha_sigma(per_example(t, x0)))
 
     def time_weight(self, t: jnp.ndarray) -> jnp.ndarray:
         """Per-example loss weight at t: 1, or the min-SNR-γ weight expressed on this prediction's error."""
@@ -200,7 +195,9 @@ class GaussianDiffusion:
         t = stratified_times(key_t, x0.shape[0])
         eps = self.noise.sample(key_eps, x0.shape)
         x_t = self.q_sample(None, x0, t, noise=eps)
-        err = check_output(with_labels(apply_fn, labels)(x_t, t), x_t.shape, "apply_fn") - self.target(x0, eps, t)
+        err = check_output(with_labels(apply_fn, labels, x0.shape[0])(x_t, t), x_t.shape, "apply_fn") - self.target(
+            x0, eps, t
+        )
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
 
     # The sampler's side of the ForwardProcess interface (see cloudjax.process).
@@ -298,7 +295,7 @@ def gaussian_oracle(diffusion: GaussianDiffusion, data_fourier_variance) -> Call
 
     def denoise(x_t: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
         C, N = _oracle_posterior(diffusion, data_fourier_variance, x_t.shape)
-        alpha, sigma = diffusion.alpha_sigma(_per_example(t, x_t.ndim))
+        alpha, sigma = diffusion.alpha_sigma(per_example(t, x_t))
         x0 = irfft_real(alpha * C / (alpha**2 * C + sigma**2 * N) * rfft_real(x_t))
         eps = irfft_real(sigma * N / (alpha**2 * C + sigma**2 * N) * rfft_real(x_t))
         return from_x0_eps(diffusion.prediction, x0, eps, alpha, sigma)

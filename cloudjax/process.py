@@ -57,6 +57,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,10 +240,31 @@ def loss_branch(weights: np.ndarray, key: jax.Array) -> int:
     return int(np.random.default_rng(bits.astype(np.uint64)).choice(len(weights), p=weights))
 
 
-def with_labels(apply_fn: Callable, labels: jax.Array | None) -> Callable:
-    """``apply_fn`` with the class labels ``(B,)`` bound as its ``labels`` keyword (unchanged for None): how every
-    process's loss conditions the network on the batch's classes."""
-    return apply_fn if labels is None else functools.partial(apply_fn, labels=labels)
+def with_labels(apply_fn: Callable, labels: jax.Array | None, batch: int) -> Callable:
+    """``apply_fn`` with the class labels ``(batch,)`` bound as its ``labels`` keyword (unchanged for None): how
+    every process's loss conditions the network on the batch's classes. Labels of another shape would broadcast
+    against the batch (or be cut) in the network: ``ValueError`` at trace time."""
+    if labels is None:
+        return apply_fn
+    chex.assert_shape(labels, (batch,), custom_message="labels must be (batch,)", exception_type=ValueError)
+    return functools.partial(apply_fn, labels=labels)
+
+
+def per_example(t, x: jax.Array) -> jax.Array:
+    """A per-example value ``t`` (a scalar, ``(1,)`` or ``(B,)``: times, α_t, σ_t) as float32 of rank ``x.ndim``,
+    to broadcast against ``x (B, H, W, C)``; any other shape would broadcast silently against the images:
+    ``ValueError`` at trace time."""
+    t = jnp.asarray(t, jnp.float32)
+    message = f"t must be a scalar or ({x.shape[0]},) for a batch of {x.shape[0]}"
+    chex.assert_rank(t, {0, 1}, custom_message=message, exception_type=ValueError)
+    if t.ndim:
+        chex.assert_shape(t, ({1, x.shape[0]},), custom_message=message, exception_type=ValueError)
+    return t.reshape(t.shape + (1,) * (x.ndim - 1))
+
+
+def check_noise(noise: jax.Array, x0: jax.Array) -> None:
+    """``ValueError`` at trace time unless the given noise ε has the shape of the images ``x0`` it is added to."""
+    chex.assert_equal_shape([noise, x0], custom_message="noise must have x0's shape", exception_type=ValueError)
 
 
 def check_output(out, shape, name: str = "denoise_fn") -> jax.Array:

@@ -59,7 +59,16 @@ from cloudjax.diffusion import GaussianDiffusion
 from cloudjax.models import FlexiUNet
 from cloudjax.noise import WhiteNoise
 from cloudjax.noise_settings import NoiseSettings, loss_setting
-from cloudjax.process import LossBranches, NetworkUpsampling, OwnGaussianStep, check_output, check_times, with_labels
+from cloudjax.process import (
+    LossBranches,
+    NetworkUpsampling,
+    OwnGaussianStep,
+    check_noise,
+    check_output,
+    check_times,
+    per_example,
+    with_labels,
+)
 from cloudjax.resolution import (
     RESIZES,
     change_steps,
@@ -202,8 +211,8 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         mean = self.mean(x0, t, level)
         if noise is None:
             noise = self.noise.sample(key, mean.shape)
-        t = jnp.asarray(t, jnp.float32)
-        return mean + self.alpha_sigma(t.reshape(t.shape + (1,) * (mean.ndim - t.ndim)))[1] * noise
+        check_noise(noise, mean)
+        return mean + self.alpha_sigma(per_example(t, mean))[1] * noise
 
     def mean(self, x0: jnp.ndarray, t: jnp.ndarray, level: int | None = None) -> jnp.ndarray:
         """``E[x_t | x0] = α_t M_{1:ℓ} x0`` at resolution r(t), level ℓ = ``level`` (default ℓ(t); t must be
@@ -215,8 +224,7 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
             if len(levels) != 1:
                 raise ValueError(f"t spans levels {levels.tolist()}; a batch must have one resolution")
             level = int(levels[0])
-        t = jnp.asarray(t, jnp.float32)
-        return self.alpha_sigma(t.reshape(t.shape + (1,) * (x0.ndim - t.ndim)))[0] * degrade(x0, level, self.resize)
+        return self.alpha_sigma(per_example(t, x0))[0] * degrade(x0, level, self.resize)
 
     def _branches(self) -> tuple[list[tuple[float, float, int, bool]], np.ndarray]:
         """The loss's branches ``(lo, hi, level, upsample)`` — each level's non-change steps (t ∈ (lo, hi]), then
@@ -267,7 +275,7 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
         if x0.ndim != 4 or x0.shape[1:3] != self.image_size:
             raise ValueError(f"x0 must be (batch, {self.image_size[0]}, {self.image_size[1]}, C), got {x0.shape}")
         key_t, key_eps = jax.random.split(key)
-        apply_fn = with_labels(apply_fn, labels)
+        apply_fn = with_labels(apply_fn, labels, x0.shape[0])
         u = jax.random.uniform(key_t, (), jnp.float32)
         branches, branch_of_step = self._branches()
         if branch is not None:

@@ -1,6 +1,7 @@
 """Samplers driven by the exact Gaussian oracle reproduce the data's Π spectrum; options, determinism, errors; the
 one compiled loop equals a step-by-step Python loop for every process and compiles once per sampler."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,9 +231,12 @@ def test_one_program_equals_the_step_by_step_loop(setup, method, kw):
 
 def test_one_compile_per_sampler_whatever_the_steps():
     """Steps 4, 9 and 19 share one program per sampler; new parameters of a ``Partial`` denoiser add none; a
-    trajectory (static length) compiles per step count."""
+    trajectory (static length) compiles per step count; and each program traces the denoiser three times (the
+    sampler memory's shape, the loop body, the last prediction), not once per step (``chex.assert_max_traces``:
+    5 programs, 15 traces)."""
     diffusion, oracle = _SETUPS["cloud"]
-    apply = lambda scale, x, t: scale * oracle(x, t)  # a new function: programs of its own
+    chex.clear_trace_counter()
+    apply = chex.assert_max_traces(lambda scale, x, t: scale * oracle(x, t), n=15)  # a new function: new programs
     before = _sample._cache_size()
     for method in ("ddim", "ddpm", "dpm++2m"):
         for steps, scale in [(4, 1.0), (9, 0.9), (19, 1.1)]:

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,10 +79,15 @@ def _max_diff(a, b):
     return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
 
 
-def test_sharded_step_equals_single_device_step():
+def test_sharded_step_equals_single_device_step(monkeypatch):
+    """The sharded step gives the single-device step's loss and parameters, and each is traced once for its two
+    calls: a retrace (a state or key placed differently after the
+    first, donated step) would compile again every step, which ``chex.assert_max_traces`` on the loss catches."""
     assert jax.device_count() == 8
     mesh = make_mesh()
     run = _measure(CONFIG, _Source())
+    chex.clear_trace_counter()
+    monkeypatch.setattr(type(run.diffusion), "loss", chex.assert_max_traces(type(run.diffusion).loss, n=2))
     batch = run.normalize(_Source().get(np.arange(8))).astype(np.float32)
     replicated = NamedSharding(mesh, P())
     key = jax.device_put(jax.random.key(3), replicated)  # placed as train() places it: one compile for the file

@@ -11,6 +11,20 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (:class:`UsageError`) and whose arguments may be added
+    late: ``flags(parser)`` runs when the parser first parses, so ``cloudjax --help`` imports no subcommand's
+    dependencies (its config classes import JAX)."""
+
+    def __init__(self, *args, flags=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._flags = flags
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._flags is not None:
+            flags, self._flags = self._flags, None
+            flags(self)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # one line instead of usage + message
         raise UsageError(f"{self.prog}: {message}")
 

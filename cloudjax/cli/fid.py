@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from cloudjax.cli._common import DATA_FLAGS, UsageError, _add_config_flags, _open_data, _seed, _writable_folder
@@ -135,8 +136,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the patches data set")
     p.set_defaults(func=_cmd_fid, drop_letterbox=False)
-    p = sub.add_parser("fid-stats", help="Inception statistics of a data set (the cached reference side of fid)")
-    _add_config_flags(p, DATA_FLAGS, defaults=True)
+    data_flags = functools.partial(_add_config_flags, names=DATA_FLAGS, defaults=True)  # added when parsed
+    p = sub.add_parser(
+        "fid-stats", help="Inception statistics of a data set (the cached reference side of fid)", flags=data_flags
+    )
     _add_fid_args(p)
     p.add_argument("--out", required=True, help="statistics file (.npz with mu, sigma, num)")
     p.set_defaults(func=_cmd_fid_stats, batch_size=50)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from cloudjax.cli._common import DATA_FLAGS, UsageError, _add_config_flags, _open_data, _seed, _writable_folder
@@ -99,14 +100,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     """Add this module's subcommands to the ``cloudjax`` parser's subparsers ``sub``."""
-    p = sub.add_parser("stats", help="dataset statistics and the power-law fit (Δ) of its Fourier spectrum")
-    _add_config_flags(p, DATA_FLAGS, defaults=True)
+    data_flags = functools.partial(_add_config_flags, names=DATA_FLAGS, defaults=True)  # added when parsed
+    p = sub.add_parser(
+        "stats", help="dataset statistics and the power-law fit (Δ) of its Fourier spectrum", flags=data_flags
+    )
     p.add_argument("--out", required=True, help="output folder for stats.json, fit.png and noise.png")
     p.add_argument("--num", type=int, default=None, help="use only the first NUM images (default: all)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 grey, 3 RGB (default: the data's)")
     p.set_defaults(func=_cmd_stats)
-    p = sub.add_parser("train", help="train a diffusion model (resumes from the newest checkpoint in --workdir)")
-    _add_train_args(p)
+    p = sub.add_parser(
+        "train", help="train a diffusion model (resumes from the newest checkpoint in --workdir)", flags=_add_train_args
+    )
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("demo", help="white vs cloud on natural patches in a few minutes on a laptop CPU")
     p.add_argument("--out", default="cloudjax-demo", help="report folder")

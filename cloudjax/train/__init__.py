@@ -18,6 +18,9 @@ events when tensorboardX is installed. :func:`train` resumes from the newest com
 a resumed run gives the same parameters as an uninterrupted one.
 """
 
+import sys
+import types
+
 from cloudjax.train.checkpoints import load_run
 from cloudjax.train.config import TrainConfig
 from cloudjax.train.loop import TrainingDiverged, train
@@ -47,3 +50,14 @@ __all__ = [
     "load_run",
     "initialize_distributed",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``cloudjax.train`` names both this package and its :func:`train` (``cj.train(config, workdir)``): whichever
+    the import system left bound, calling it trains."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
