@@ -1,8 +1,8 @@
 """Class-conditional runs end to end through the command line: `cloudjax train --class-conditional` on a two-class
 toy data set (`npz:` with labels), then `cloudjax sample --labels K --guidance 2` gives class K; run.json keeps the
-classes, and what is refused is refused in one line. Cold and scale-space runs pass the same check
-(``check_requested_class(*train_toy("cold", folder), folder)``) but are left out of the suite for its time; their
-conditioning is tested exactly in test_conditioning.py."""
+classes, and what is refused is refused in one line. Cold and scale-space runs pass the same check after 400 steps
+at lr 2e-3 (``check_requested_class(*train_toy("cold", folder, 400, "2e-3"), folder)``; not after the Gaussian's 150)
+but are left out of the suite for its time; their conditioning is tested exactly in test_conditioning.py."""
 
 import dataclasses
 import json
@@ -15,7 +15,7 @@ from cloudjax.generate import class_labels
 from cloudjax.train import Run, check_workdir
 
 SIZE = 8
-TRAIN = ["--image-size", str(SIZE), "--model", "tiny", "--batch-size", "32", "--lr", "2e-3", "--warmup-steps", "20"]
+TRAIN = ["--image-size", str(SIZE), "--model", "tiny", "--batch-size", "32", "--warmup-steps", "20"]
 TRAIN += ["--log-every", "50", "--checkpoint-every", "1000", "--ema-decay", "0.9"]
 PROCESSES = {
     "gaussian": ["--process", "gaussian", "--prediction", "v"],
@@ -37,13 +37,24 @@ def _edges(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images[..., None].astype(np.float32), labels
 
 
-def train_toy(process: str, folder) -> tuple:
-    """A class-conditional run of ``process`` trained 400 steps on the toy data in ``folder``: ``(workdir, class
-    means (2, 8, 8, 1))``."""
+def train_toy(process: str, folder, steps: int = 150, lr: str = "4e-3") -> tuple:
+    """A class-conditional run of ``process`` trained ``steps`` steps at peak learning rate ``lr`` on the toy data in
+    ``folder``: ``(workdir, class means (2, 8, 8, 1))``."""
     images, labels = _edges(512)
     np.savez(folder / "toy.npz", images=images, labels=labels)
     workdir = folder / "run"
-    argv = ["train", "--data", f"npz:{folder / 'toy.npz'}", "--workdir", str(workdir), "--steps", "400", *TRAIN]
+    argv = [
+        "train",
+        "--data",
+        f"npz:{folder / 'toy.npz'}",
+        "--workdir",
+        str(workdir),
+        "--steps",
+        str(steps),
+        "--lr",
+        lr,
+        *TRAIN,
+    ]
     assert main([*argv, *PROCESSES[process], "--class-conditional"]) == 0
     return workdir, np.stack([images[labels == k].mean(axis=0) for k in (0, 1)])
 
@@ -79,7 +90,7 @@ def test_labels_and_resume_settings_are_checked(gaussian_run, tmp_path, capsys):
     workdir = gaussian_run[0]
     unlabelled = tmp_path / "plain.npz"
     np.savez(unlabelled, images=_edges(64)[0])
-    base = ["train", "--steps", "400", *TRAIN, *PROCESSES["gaussian"]]
+    base = ["train", "--steps", "150", "--lr", "4e-3", *TRAIN, *PROCESSES["gaussian"]]
 
     assert main([*base, "--data", f"npz:{unlabelled}", "--workdir", str(tmp_path / "a"), "--class-conditional"]) == 2
     assert "needs data with labels" in capsys.readouterr().err
