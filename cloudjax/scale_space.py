@@ -383,6 +383,8 @@ class ScaleSpaceSpec(NoiseSettings):
 
     loss_weighting: str = loss_setting("min_snr")
     levels: int | None = setting(None, "resolution levels (default 4)")
+    num_steps: int = setting(1000, "discrete steps T the resolution schedule is defined on")
+    resize: str = setting("mean", "down-sampling: block mean (exact posterior) or bilinear (Lanczos)", RESIZES)
 
     def resolve(self, image_size: int, channels: int, unet) -> ScaleSpaceSpec:
         depth = len(unet.channel_mults)
@@ -394,6 +396,7 @@ class ScaleSpaceSpec(NoiseSettings):
             raise ValueError(f"levels must be in 1 … {depth} (the network's levels), got {levels}")
         if image_size % 2 ** (levels - 1):
             raise ValueError(f"levels={levels} needs an image size divisible by {2 ** (levels - 1)}")
+        level_schedule(self.num_steps, levels)  # checks num_steps
         self._check_grey_cloud(channels)
         return dataclasses.replace(self, levels=levels)
 
@@ -403,4 +406,12 @@ class ScaleSpaceSpec(NoiseSettings):
     def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> ScaleSpaceDiffusion:
         noise = self.noise_model(measurements, image_shape[-1])
         schedule = self.schedule_model(measurements)
-        return ScaleSpaceDiffusion(image_shape[:2], self.levels, noise, schedule, loss_weighting=self.loss_weighting)
+        return ScaleSpaceDiffusion(
+            image_shape[:2],
+            self.levels,
+            noise,
+            schedule,
+            num_steps=self.num_steps,
+            resize=self.resize,
+            loss_weighting=self.loss_weighting,
+        )

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -113,6 +114,9 @@ def test_sample_is_deterministic_per_seed(killed_then_terminated, tmp_path):
         (["sample", "--workdir", "W", "--out", "x"], "holds no run"),
         (["sample", "--workdir", "W", "--out", "x", "--num", "0"], "--num"),
         (["demo", "--minutes", "0"], "--minutes"),
+        (["train", "--workdir", "W", "--config", "missing.json"], "--config missing.json"),
+        (["train", "--workdir", "W", "--process", "scale_space", "--resize", "nearest"], "invalid choice"),
+        (["train", "--workdir", "W", "--process", "scale_space", "--levels", "2", "--num-steps", "0"], "num_steps"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(argv, message, tmp_path, capsys):
@@ -126,3 +130,31 @@ def test_train_refuses_a_workdir_of_a_different_run(killed_then_terminated, caps
     argv = [*TRAIN, "--workdir", str(killed_then_terminated["workdir"]), "--noise", "cloud"]
     assert main(argv) == 2
     assert "holds a different run" in capsys.readouterr().err
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs" / "train").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_files_give_their_settings_and_flags_override_them(path, tmp_path):
+    """Each preset in experiments/configs/train is a valid ``--config``: the run's config holds every setting of
+    the file except the flags given, which win; the scale-space settings the file does not name keep defaults."""
+    from cloudjax.cli import build_parser
+    from cloudjax.cli.runs import _train_config
+
+    settings = json.loads(path.read_text())
+    argv = ["train", "--config", str(path), "--workdir", str(tmp_path), "--steps", "7", "--seed", "3"]
+    flat = _train_config(build_parser().parse_args(argv)).flat()
+    expected = {k: v for k, v in settings.items() if k != "about"} | {"steps": 7, "seed": 3}
+    assert {k: flat[k] for k in expected} == expected
+
+
+def test_scale_space_steps_and_resize_reach_the_process(tmp_path):
+    from cloudjax.train import TrainConfig
+
+    config = TrainConfig.from_flat(
+        dict(process="scale_space", levels=2, num_steps=200, resize="bilinear", image_size=8, model="tiny")
+    )
+    assert TrainConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    process = config.process.build({}, (8, 8, 1))
+    assert (process.num_steps, process.resize, process.levels) == (200, "bilinear", 2)

@@ -39,17 +39,44 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-_NOT_SETTINGS = ("command", "func", "workdir", "coordinator", "num_processes", "process_id", "no_compile_cache")
+_NOT_SETTINGS = (
+    "command",
+    "func",
+    "workdir",
+    "config",
+    "coordinator",
+    "num_processes",
+    "process_id",
+    "no_compile_cache",
+)
+
+
+def _config_file(path: str) -> dict:
+    """The flat settings of a ``--config`` file: a JSON object of what the flags set (``{"process": "scale_space",
+    "levels": 3, ...}``; an ``"about"`` string documents it and is not a setting)."""
+    import json
+    from pathlib import Path
+
+    try:
+        settings = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--config {path}: {e}") from None
+    if not isinstance(settings, dict):
+        raise UsageError(f"--config {path}: a JSON object of settings is expected")
+    settings.pop("about", None)
+    return settings
 
 
 def _train_config(args: argparse.Namespace):
-    """The :class:`~cloudjax.train.TrainConfig` of the flags (:meth:`~cloudjax.train.TrainConfig.from_flat`)."""
+    """The :class:`~cloudjax.train.TrainConfig` of the ``--config`` file's settings and the flags given, which take
+    precedence (:meth:`~cloudjax.train.TrainConfig.from_flat`)."""
     from cloudjax.train import TrainConfig
 
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS and v is not None}
     try:
-        return TrainConfig.from_flat({k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS})
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+        return TrainConfig.from_flat({**(_config_file(args.config) if args.config else {}), **flags})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{e}" + (f" (with --config {args.config})" if args.config else "")) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -92,6 +119,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="run folder: run.json, checkpoints/, metrics.jsonl, samples/")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="JSON file of settings (e.g. experiments/configs/*.json); flags given override it",
+    )
     _add_config_flags(p)
     p.add_argument("--coordinator", default=None, help="multi-process: coordinator host:port")
     p.add_argument("--num-processes", type=int, default=None, help="multi-process: number of processes")
