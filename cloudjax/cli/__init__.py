@@ -51,6 +51,8 @@ def _quiet_checkpoint_library() -> None:
     skipped or read again), so they are dropped; the command runs no asyncio code of its own."""
     import logging
 
+    import absl.logging  # noqa: F401  (first: absl's own logger, which names the caller's file, must be the one)
+
     logging.getLogger("absl").addFilter(lambda r: r.levelno < logging.ERROR or "orbax" not in r.pathname)
     logging.getLogger("asyncio").addFilter(lambda r: "exception was never retrieved" not in r.getMessage())
     hook = sys.unraisablehook
