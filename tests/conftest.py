@@ -9,10 +9,16 @@ import os
 import shutil
 import tempfile
 
+from cloudjax import _xla  # reads jaxlib's version without importing JAX
+
 # The tests check results, not speed, and compiling takes most of their time: XLA compiles without backend
-# optimisation (a tiny train step in 8 s instead of 18 s). Benchmarks and users keep the default.
-_FLAGS = " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + _FLAGS).strip()
+# optimisation (a tiny train step in 8 s instead of 18 s) and, on jaxlib 0.10 (the last that has the flag), with its
+# older elemental emitters instead of the MLIR fusion emitters (a tiny UNet's gradient compiles in 2 s instead of
+# 6 s). Benchmarks and users keep the defaults. Subprocesses that set their own devices take COMPILE_FLAGS.
+COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+if _xla._jaxlib_version() == (0, 10):
+    COMPILE_FLAGS += " --xla_cpu_use_fusion_emitters=false"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8 {COMPILE_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("CLOUDJAX_COMPILE_CACHE", "off")  # cloudjax's own default (the user's cache) stays unused

@@ -7,6 +7,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from conftest import COMPILE_FLAGS
 from test_white_vs_cloud import _check_rows
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_suite.sh"
@@ -16,7 +17,7 @@ def test_gpu_suite_dry_run_writes_every_part_under_one_folder(tmp_path):
     """``benchmarks/gpu_suite.sh --dry-run``: every part at tiny sizes on the CPU, each writing JSON under one
     folder, few enough files (8) to copy back from a GPU machine, every part run (none timed out or failed)."""
     out = tmp_path / "suite"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device: the machine it sizes for
+    env = os.environ | {"XLA_FLAGS": COMPILE_FLAGS}  # one CPU device: the machine it sizes for
     env["PYTHON"] = sys.executable
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(out)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -3,9 +3,7 @@ run.json; runs made before specs (one flat config in run.json) load, sample and 
 process registered at run time (the README's "Adding a process") trains and samples through the ordinary code.
 
 ``data/old_runs`` holds three such runs (Gaussian cloud noise with the calibrated schedule, cold blur with
-generation, scale space), made by cloudjax 0.1.0 before specs with ``cloudjax train`` + the flags in ``OLD_RUNS``
-for 2 steps, with the samples ``generate(run, graphdef, ema, key(0), 4)`` gave (``<name>_samples.npy``) and the
-content hash of the state after resuming to step 3 (``resumed_sha256.json``).
+generation, scale space) and the references that code gives (``old_runs.py``).
 """
 
 import dataclasses
@@ -19,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from old_runs import DATA, OLD_RUNS, TRAIN
 
 import cloudjax as cj
 from cloudjax import registry
@@ -28,15 +27,7 @@ from cloudjax.process import ProcessSpec
 from cloudjax.train import Run, TrainConfig, check_workdir, load_run
 from cloudjax.train.checkpoints import _digest
 
-DATA = Path(__file__).parent / "data" / "old_runs"
 README = Path(__file__).resolve().parents[1] / "README.md"
-TRAIN = ["train", "--data", "patches:64", "--image-size", "8", "--batch-size", "8", "--model", "tiny", "--lr", "1e-3"]
-TRAIN += ["--warmup-steps", "0", "--checkpoint-every", "2", "--keep", "1", "--log-every", "1"]
-OLD_RUNS = {
-    "gaussian_cloud": ["--noise", "cloud", "--schedule", "calibrated", "--prediction", "v"],
-    "cold_blur": ["--process", "cold", "--generation"],
-    "scale_space": ["--process", "scale_space", "--levels", "2"],
-}
 # settings for the tiny network at 8 px where a process's defaults do not fit it, and variants worth a round trip
 FITS = {"scale_space": {"levels": 2}}
 VARIANTS = [
