@@ -249,7 +249,7 @@ def main() -> None:
     if min(args.steps, args.turns, args.warmup) < 1:
         parser.error("--steps, --turns and --warmup must be >= 1")
     if args.quick:
-        args.presets, args.sizes, args.batch_size, args.steps, args.turns, args.warmup = ["tiny"], [16], 8, 1, 2, 1
+        args.presets, args.sizes, args.batch_size, args.steps, args.turns, args.warmup = ["tiny"], [16], 8, 1, 1, 1
         args.frameworks = [f for f in args.frameworks if f != "torch_compile"]  # compiling takes minutes on a CPU
     if args.worker:
         return worker(args)
