@@ -406,12 +406,5 @@ class ScaleSpaceSpec(NoiseSettings):
     def build(self, measurements: Mapping, image_shape: tuple[int, int, int]) -> ScaleSpaceDiffusion:
         noise = self.noise_model(measurements, image_shape[-1])
         schedule = self.schedule_model(measurements)
-        return ScaleSpaceDiffusion(
-            image_shape[:2],
-            self.levels,
-            noise,
-            schedule,
-            num_steps=self.num_steps,
-            resize=self.resize,
-            loss_weighting=self.loss_weighting,
-        )
+        settings = dict(num_steps=self.num_steps, resize=self.resize, loss_weighting=self.loss_weighting)
+        return ScaleSpaceDiffusion(image_shape[:2], self.levels, noise, schedule, **settings)

@@ -52,8 +52,8 @@ _NOT_SETTINGS = (
 
 
 def _config_file(path: str) -> dict:
-    """The flat settings of a ``--config`` file: a JSON object of what the flags set (``{"process": "scale_space",
-    "levels": 3, ...}``; an ``"about"`` string documents it and is not a setting)."""
+    """The flat settings of a ``--config`` file: a JSON object of what the flags set (``{"noise": "cloud", "steps":
+    4000, ...}``; an ``"about"`` string documents it and is not a setting)."""
     import json
     from pathlib import Path
 
