@@ -58,9 +58,9 @@ from cloudjax.study import (
     get_classifier,
     interval,
     load_dataset,
+    model_config,
     plot_samples,
     score,
-    study_config,
     train_stages,
 )
 
@@ -307,22 +307,15 @@ def train_config(name: str, spec: str, args: argparse.Namespace):
     """The :class:`cloudjax.train.TrainConfig` of variant ``name`` on ``spec``: the study's network, budget and seed,
     the variant's noise, schedule and loss."""
     variant = VARIANTS[name]
-    return study_config(
+    return model_config(
+        args,
         spec,
-        args.image_size,
-        args.train_steps,
-        args.train_batch,
-        data_dir=args.data_dir,
-        model=args.model,
         dtype=args.dtype,
-        lr=args.lr,
         prediction=args.prediction,
-        ema_decay=args.ema_decay,
         noise=variant.noise,
         delta=variant.delta,
         schedule=variant.schedule,
         loss_weighting=variant.loss_weighting,
-        seed=args.seed,
     )
 
 

@@ -195,9 +195,8 @@ class GaussianDiffusion:
         t = stratified_times(key_t, x0.shape[0])
         eps = self.noise.sample(key_eps, x0.shape)
         x_t = self.q_sample(None, x0, t, noise=eps)
-        err = check_output(with_labels(apply_fn, labels, x0.shape[0])(x_t, t), x_t.shape, "apply_fn") - self.target(
-            x0, eps, t
-        )
+        out = check_output(with_labels(apply_fn, labels, x0.shape[0])(x_t, t), x_t.shape, "apply_fn")
+        err = out - self.target(x0, eps, t)
         return jnp.mean(self.time_weight(t) * self.squared_error(err))
 
     # The sampler's side of the ForwardProcess interface (see cloudjax.process).

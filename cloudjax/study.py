@@ -178,10 +178,11 @@ def add_model_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def model_config(args, **settings):
-    """:func:`study_config` of the flags of :func:`add_model_arguments` and the model's own ``settings``."""
+def model_config(args, data: str | None = None, **settings):
+    """:func:`study_config` of the flags of :func:`add_model_arguments` (``data``: another spec than ``--data``) and
+    the model's own ``settings``."""
     return study_config(
-        args.data,
+        data or args.data,
         args.image_size,
         args.train_steps,
         args.train_batch,
