@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def scores(classifier, reference: np.ndarray, images: np.ndarray, labels, bootstrap: int, seed: int) -> dict:
     """``accuracy`` of the classifier's class against ``labels`` (None: not scored) and ``frechet_classifier`` of
     ``images`` to the ``reference`` features, each with its 95 % bootstrap interval (rows of both sets resampled;
-    the Fréchet replicates shifted by their bias, as in :func:`cloudjax.study.score`)."""
+    the Fréchet replicates shifted by their bias, as in :func:`cloudjax.evaluation.score`)."""
     features = classifier_features(classifier, images)
     rng = np.random.default_rng(seed)
     out = {"frechet_classifier": metrics.frechet_distance(reference, features)}

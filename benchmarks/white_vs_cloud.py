@@ -45,22 +45,17 @@ import numpy as np
 
 import cloudjax as cj
 from cloudjax import metrics
+from cloudjax.evaluation import Model, draw, features, interval, plot_samples, score
 from cloudjax.plots import new_figure
 from cloudjax.schedules import calibrated_schedule
 from cloudjax.study import (
     EMA_AT,
     Dataset,
-    Model,
     as_bf16,
     device_name,
-    draw,
-    features,
     get_classifier,
-    interval,
     load_dataset,
     model_config,
-    plot_samples,
-    score,
     train_stages,
 )
 

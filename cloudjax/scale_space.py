@@ -1,21 +1,13 @@
 """Scale Space Diffusion: noise *and* down-sampling (Mukhopadhyay et al. 2026), exact where the reference approximates.
 
-Levels. ``L`` levels work at resolutions ``N / 2^ℓ``, ℓ = 0 … L−1 (ℓ = 0 is the data's). Discrete steps
-i = 0 … T−1 (the reference's 0-indexed t) sit at continuous times ``t = (i + 1) / T`` of a :mod:`cloudjax.schedules`
-schedule; step i runs at level ``ℓ(i)`` from a resolution schedule with ``τ = i / (T − 1)``:
-
-* ``"convex_decay"`` (the reference code's default, γ = 0.5): ``ℓ = ⌊(1 − (1 − τ)^γ) L⌋``, clipped to L − 1;
-* ``"equal"``: ``ℓ = ⌊τ L⌋`` (convex_decay with γ = 1): every level gets the same number of steps.
-
-A *change step* c is one with ℓ(c) > ℓ(c − 1) (64 px, L = 4, T = 1000: c = 438, 750, 937).
+Levels and resize operators: ``L`` levels work at resolutions ``N / 2^ℓ``; step i runs at level ℓ(i) of a
+resolution schedule, and a *change step* halves the resolution with a resize operator M (``"mean"``, the 2×2
+block mean with ``M Mᵀ = I / 4``, or ``"bilinear"``, the reference code's): both in :mod:`cloudjax.resolution`.
 
 Forward process. ``x_i = c_i M_i x_{i−1} + η_i`` with ``M_i`` one halving at a change step and the identity
 otherwise; the marginal is ``q(x_t | x0) = N(α_t M_{1:t} x0, σ_t² Σ_ℓ(t))`` at resolution r(t), where Σ_ℓ is
 the noise model's covariance at level ℓ's resolution (white: I; cloud: the same Δ at every level, since a power
 law has no scale). The step noise ``η_i ~ N(0, σ_t² Σ_t − c² σ_s² M Σ_s Mᵀ)`` is what keeps the marginal so.
-
-Resize operators M (one halving; :mod:`cloudjax.resolution`, with the resolution schedules): ``"mean"``, the
-2×2 block mean (``M Mᵀ = I / 4``), or ``"bilinear"``, the reference code's antialiased bilinear.
 
 Posterior at a step t → s (x̂0 at r(s), μ_s = α_s x̂0, c = α_t / α_s, ρ = σ_s² / σ_t²). With
 ``B = Σ_t^{−1/2} M Σ_s^{1/2}`` (the resize in whitened coordinates),
@@ -142,8 +134,7 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
             raise ValueError("ScaleSpaceDiffusion supports noise without channel_cov only")
         if int(self.lanczos_iterations) != self.lanczos_iterations or self.lanczos_iterations < 1:
             raise ValueError(f"lanczos_iterations must be an integer >= 1, got {self.lanczos_iterations}")
-        gaussian = GaussianDiffusion(self.noise, self.schedule, "x0", self.loss_weighting, self.min_snr_gamma)
-        object.__setattr__(self, "schedule", gaussian.schedule)
+        object.__setattr__(self, "schedule", self.gaussian.schedule)  # a name → its schedule object
 
     # -- the resolution schedule -------------------------------------------------------------------------
 
@@ -341,13 +332,9 @@ class ScaleSpaceDiffusion(LossBranches, OwnGaussianStep, NetworkUpsampling):
 
     def _whitened(self) -> tuple[Callable, ...]:
         """``(Σ^p ·, B, Bᵀ, (w, fn) ↦ fn(BBᵀ) w)`` of this noise and resize (:mod:`cloudjax.resolution`)."""
-        noise, resize = self.noise, self.resize
-        return (
-            functools.partial(cov_power, noise),
-            functools.partial(whitened_down, noise, resize),
-            functools.partial(whitened_up, noise, resize),
-            functools.partial(gram_apply, noise, resize, self.lanczos_iterations),
-        )
+        down, up = (functools.partial(f, self.noise, self.resize) for f in (whitened_down, whitened_up))
+        gram = functools.partial(gram_apply, self.noise, self.resize, self.lanczos_iterations)
+        return functools.partial(cov_power, self.noise), down, up, gram
 
     def change_posterior(self, x_t, x0, at_t, at_s, xi) -> jnp.ndarray:
         """A draw from q(x_s | x_t, x0) across one halving: x_t ``(B, h, w, C)`` at r(t), x0 and the white ξ

@@ -35,19 +35,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cloudjax.evaluation import draw, features, interval, plot_samples, score
 from cloudjax.generate import generate, restore
 from cloudjax.study import (
     EMA_AT,
     add_model_arguments,
     device_name,
-    draw,
-    features,
     get_classifier,
-    interval,
     load_dataset,
     model_config,
-    plot_samples,
-    score,
     train_stages,
 )
 

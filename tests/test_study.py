@@ -1,4 +1,5 @@
-"""cloudjax.study: the plateau rule, the bfloat16 EMA snapshots and the bootstrap intervals the studies share."""
+"""cloudjax.study and cloudjax.evaluation: the plateau rule, the bfloat16 EMA snapshots and the bootstrap intervals
+the studies share."""
 
 import json
 
@@ -6,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cloudjax import study
+from cloudjax import evaluation, study
 
 
 @pytest.mark.parametrize("tail, plateau", [(0.0, True), (0.01, True), (0.05, False)])
@@ -59,10 +60,11 @@ def test_score_intervals_are_centred_on_the_measured_value():
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(64, 8, 8, 1)).astype(np.float32)
     y = np.clip(x[::-1] * 0.8 + 0.1, 0, 1)
-    values, draws = study.score(study.features(x, None), y, jax.random.key(0), None, swd_patches=256, bootstrap=20)
+    fx = evaluation.features(x, None)
+    values, draws = evaluation.score(fx, y, jax.random.key(0), None, swd_patches=256, bootstrap=20)
     for metric, v in draws.items():
         assert v.shape == (20,) and np.isclose(v.mean(), values[metric])
-        low, high = study.interval(v)
+        low, high = evaluation.interval(v)
         assert low <= values[metric] <= high and high > low, metric
 
 
