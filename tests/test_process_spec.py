@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from old_runs import DATA, OLD_RUNS, TRAIN
+from old_runs import DATA, OLD_RUNS, TRAIN, isa
 
 import cloudjax as cj
 from cloudjax import registry
@@ -135,7 +135,10 @@ def test_runs_made_before_specs_load_sample_and_resume_the_same(name, tmp_path):
     np.testing.assert_array_equal(x, np.load(DATA / f"{name}_samples.npy"))  # float32-identical
     assert main([*TRAIN, *OLD_RUNS[name], "--steps", "3", "--workdir", str(workdir)]) == 0
     _, _, resumed = load_run(workdir)
-    assert _digest(resumed)[0] == json.loads((DATA / "resumed_sha256.json").read_text())[name]
+    references = json.loads((DATA / "resumed_sha256.json").read_text())
+    if isa() not in references:
+        pytest.skip(f"the old code's resumed states are recorded on {sorted(references)} CPUs only, not {isa()}")
+    assert _digest(resumed)[0] == references[isa()][name]
 
 
 @pytest.fixture
