@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cloudjax import metrics
+from cloudjax.evaluation import interval
 from cloudjax.generate import generate
 from cloudjax.models.classifier import classifier_features
 from cloudjax.plots import new_figure
@@ -33,7 +34,6 @@ from cloudjax.study import (
     add_model_arguments,
     device_name,
     get_classifier,
-    interval,
     load_dataset,
     model_config,
     train_stages,
