@@ -62,11 +62,13 @@ def _digest(state: TrainState) -> tuple[str, bool]:
 
 
 def _restore(manager, step: int, config: TrainConfig, sharding: NamedSharding) -> tuple[TrainState, dict]:
-    """Checkpoint ``step`` restored onto ``sharding`` (any device count: the target carries the shardings)."""
-    target = abstract_state(config, sharding)
+    """Checkpoint ``step`` restored onto the replicated ``sharding`` (any device count). Read as host arrays, each
+    leaf then placed on all of this process's devices at once: Orbax would place it on one device at a time
+    (twice as slow with 8 CPU devices)."""
+    target = jax.tree.map(lambda x: np.empty(x.shape, x.dtype), abstract_state(config))
     args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     restored = manager.restore(step, args=args)
-    return restored.state, restored.meta
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), restored.state), restored.meta
 
 
 def _problem(state: TrainState, meta, step: int) -> str | None:
