@@ -122,11 +122,12 @@ def _dct_power_law(h, w, delta):
 )
 def test_oracle_drives_the_samplers_to_the_data_spectrum(noise, method):
     """Exact denoiser for Gaussian data with variance C per mode of the process's basis (DCT for white noise, Π
-    for cloud) ⇒ samples with that variance (radially, within 10%; 300 steps)."""
+    for cloud) ⇒ samples with that variance (radially, within 10%; 512 samples, 300 steps: 6 % off at most, from
+    the steps' discretisation, as with 1024 samples)."""
     d = BlurringDiffusion(noise=noise, blur_sigma_max=2.0)
     dct = d.basis == "dct"
     C = _dct_power_law(H, H, 1.2) if dct else power_law_spectrum(H, H, 1.2).astype(np.float32)
-    x = cj.sample(blurring_oracle(d, C), d, jax.random.key(1), (1024, H, H, 1), steps=300, method=method)
+    x = cj.sample(blurring_oracle(d, C), d, jax.random.key(1), (512, H, H, 1), steps=300, method=method)
     ratio = np.asarray(jnp.mean(d.to_modes(x)[..., 0] ** 2, axis=0)) / C
     k = np.sqrt(laplacian_eigenvalues("dct", H, H)) / (2 * np.pi) if dct else wavenumbers(H, H)
     radial = [ratio[(k >= a) & (k < a + 0.1)].mean() for a in np.arange(0.0, 0.7, 0.1)]
