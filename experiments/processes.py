@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -276,6 +277,12 @@ SHARED = ("data", "image_size", "model", "train_steps", "train_batch", "lr", "em
 SHARED += ("bootstrap", "swd_patches", "steps", "seed")
 
 
+def same_floor(a: dict, b: dict) -> bool:
+    """Whether two real-vs-real floors are one measurement (the same held-out images and metrics): equal up to
+    float32 rounding, which differs between CPUs (AVX2 and AVX-512 kernels sum in other orders)."""
+    return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-7) for k in a)
+
+
 def measured_before(out: Path, result: dict, models: list[str]) -> tuple[dict, dict, dict]:
     """``(result, sheets, restorations)`` with what an earlier run measured in ``out`` for models other than
     ``models`` (a model trains and is scored once, so the models of a study are measured as they finish);
@@ -285,7 +292,7 @@ def measured_before(out: Path, result: dict, models: list[str]) -> tuple[dict, d
         return result, sheets, grids
     before = json.loads((out / "processes.json").read_text())
     differ = [k for k in SHARED if before["config"].get(k) != result["config"][k]]
-    if differ or before["floor"] != result["floor"]:
+    if differ or not same_floor(before["floor"], result["floor"]):
         raise ValueError(f"{out}/processes.json was measured with other settings: {differ or ['floor']}")
     kept = lambda name: name not in models  # noqa: E731
     result["rows"] = [r for r in before["rows"] if kept(r["variant"])]

@@ -97,3 +97,12 @@ def test_models_measured_later_join_the_same_study(quick):
         assert {k.split("/")[0] for k in sheets.files} == {"ddpm"}
     with pytest.raises(ValueError, match="other settings: \\['num_samples'"):
         module.main([*argv, "--models", "restore_mask", "--num-samples", "8"])
+
+
+def test_floors_that_differ_by_rounding_are_one_measurement(quick):
+    """Another CPU rounds the metrics differently: such a floor joins the study; another data set's does not."""
+    module, out, _, _ = quick
+    floor = json.loads((out / "processes.json").read_text())["floor"]
+    assert module.same_floor(floor, {k: v * (1 + 3e-7) for k, v in floor.items()})
+    assert not module.same_floor(floor, {k: v * 1.01 for k, v in floor.items()})
+    assert not module.same_floor(floor, {k: v for k, v in floor.items() if k != "swd_mean"})
