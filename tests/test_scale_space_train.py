@@ -47,3 +47,21 @@ def test_level_mistakes_print_one_line_and_exit_2(flags, message, tmp_path, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_model_levels_deepen_or_cut_the_preset_for_more_scale_space_levels():
+    """``tiny`` has 2 levels; ``model_levels=3`` repeats its last width, so 3 scale-space levels fit (as the
+    error above says), and run.json keeps it. Cutting ``small`` to 1 level takes its attention level with it."""
+    from cloudjax.train import Run, TrainConfig
+
+    settings = dict(image_size=8, model="tiny", process="scale_space", levels=3)
+    with pytest.raises(ValueError, match="levels must be in 1 … 2"):
+        TrainConfig.from_flat(settings)
+    config = TrainConfig.from_flat({**settings, "model_levels": 3})
+    assert config.unet_config().channel_mults == (1, 2, 2) and config.process.levels == 3
+    run = Run(config, mean=(0.0,), std=(1.0,))
+    assert Run.from_json(run.to_json()).config == config
+    cut = TrainConfig.from_flat(dict(image_size=8, model="small", model_levels=1)).unet_config()
+    assert (cut.channel_mults, cut.attention_levels) == ((1,), ())
+    with pytest.raises(ValueError, match="model_levels must be >= 1"):
+        TrainConfig.from_flat(dict(image_size=8, model="tiny", model_levels=0))

@@ -46,7 +46,9 @@ class TrainConfig:
     class_conditional: the network takes the data's labels (``num_classes`` of them, filled in from the data by
     :meth:`with_classes`), each dropped to "no class" with probability ``label_dropout`` in training, so that one
     network gives conditional and unconditional predictions (classifier-free guidance).
-    model: UNet preset (``tiny``, ``small``, ``base``); dropout: None keeps the preset's.
+    model: UNet preset (``tiny``, ``small``, ``base``); dropout and model_levels (its widths ``channel_mults`` cut to
+    that many levels, attention with them, or the last repeated: ``tiny``'s (1, 2) at 3 levels is (1, 2, 2)): None
+    keeps the preset's.
     dtype: computation dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
     batch_size: global batch per step; grad_accum: micro-batches it is split into (divides batch_size).
     steps: total steps to reach. lr: peak learning rate after ``warmup_steps`` linear warm-up, then
@@ -79,6 +81,7 @@ class TrainConfig:
     channels: int = setting(1, "1 grey, 3 RGB", (1, 3))
     model: str = setting("small", "UNet preset", registry.MODELS)
     dropout: float | None = setting(None, "dropout rate (default: the preset's)")
+    model_levels: int | None = setting(None, "UNet resolution levels: the preset's widths cut, or its last repeated")
     dtype: str = setting("float32", "computation dtype", ("float32", "bfloat16"))
     batch_size: int = setting(64, "global batch size")
     grad_accum: int = setting(1, "micro-batches per step (divides --batch-size)")
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"decay_steps must be a positive integer or None, got {self.decay_steps}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed}")
+        if self.model_levels is not None and self.model_levels < 1:
+            raise ValueError(f"model_levels must be >= 1, got {self.model_levels}")
         unet = self.unet_config()  # validates model, dtype, dropout
         if self.image_size % unet.downsampling:
             raise ValueError(f"image_size must be divisible by {unet.downsampling} for {self.model}")
@@ -145,6 +150,10 @@ class TrainConfig:
         overrides = dict(channels=self.channels, dtype=self.dtype, num_classes=self.num_classes or 0)
         if self.dropout is not None:
             overrides["dropout"] = self.dropout
+        if self.model_levels is not None:
+            n, full = self.model_levels, preset(self.model)
+            overrides["channel_mults"] = (full.channel_mults + full.channel_mults[-1:] * n)[:n]
+            overrides["attention_levels"] = tuple(level for level in full.attention_levels if level < n)
         return preset(self.model, **overrides)
 
     def network(self, rngs: nnx.Rngs) -> nnx.Module:
