@@ -30,26 +30,28 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 # tests' subprocesses load what an earlier one compiled (test_reliability: 166 → 137 s on one core)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
-# Files ranked by their time in the suite (seconds on one core of a 2-core AMD EPYC CPU, longest first: 196 ... 35),
+# Files ranked by their time in the suite (seconds on one core of a 2-core AMD EPYC CPU, longest first: 74 ... 17),
 # handed to the workers in this order so that the last files to start are short and both workers end together
 # (longest processing time first); the rest follow in file order.
 SLOW_FIRST = (
     "test_reliability",
     "test_gpu_suite",
-    "test_processes",
-    "test_process_spec",
-    "test_white_vs_cloud",
     "test_conditioning_train",
+    "test_process_spec",
     "test_samplers",
+    "test_white_vs_cloud",
+    "test_processes",
     "test_train",
-    "test_blurring",
     "test_fid",
+    "test_noise",
     "test_scale_space_train",
     "test_cli_train",
-    "test_noise",
-    "test_cold_train",
-    "test_metrics",
     "test_conditioning",
+    "test_blurring",
+    "test_cold_train",
+    "test_readme",
+    "test_multiprocess",
+    "test_spectral",
 )
 
 
