@@ -107,9 +107,8 @@ def _new_state_jit(sharding: NamedSharding | None) -> Callable:
     return jax.jit(_new_state, static_argnums=0, out_shardings=sharding)
 
 
-def abstract_state(config: TrainConfig, sharding: NamedSharding | None = None) -> TrainState:
-    """The state's shapes and dtypes (no allocation), with ``sharding`` on every leaf: a restore target."""
+def abstract_state(config: TrainConfig) -> TrainState:
+    """The state's shapes and dtypes (``jax.ShapeDtypeStruct`` leaves, no allocation): what a checkpoint holds."""
     params = network_shapes(config)[1]
     rng = jax.random.key_data(jax.random.key(0))
-    shapes = jax.eval_shape(lambda p: _new_state(config, p, rng), params)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+    return jax.eval_shape(lambda p: _new_state(config, p, rng), params)
