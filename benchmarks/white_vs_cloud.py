@@ -380,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet-nfes", nargs="+", type=int, default=None, help="NFEs in the sample sheet")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--plots-only", action="store_true", help="redraw the metric plots from --out's JSON and exit")
-    merge = "merge the --out folders of runs over other datasets, samplers or variants"
+    merge = "merge the --out folders of runs over other datasets, samplers or variants (DIR=NAME,...: those datasets)"
     p.add_argument("--merge", nargs="+", metavar="DIR", help=merge)
     p.add_argument("--train-only", action="store_true", help="train (or resume) every model, then exit")
     p.add_argument("--seed", type=int, default=0)
@@ -448,44 +448,61 @@ def plot_all(result: dict, out: Path) -> None:
         plot_metrics(rows, floor, out / f"white_vs_cloud_{name}_metrics.png")
 
 
-# the config lists a study's parts may split, the other config keys that may differ between them, and the
-# per-dataset sections of the result
+# the config lists a study's parts may split, the other config keys that may differ between them (a dataset's
+# training budget is its own: the merged ``train_steps`` is {dataset: steps}), and the per-dataset sections
 MERGED_LISTS = ("datasets", "samplers", "variants")
-MERGE_FREE = {*MERGED_LISTS, "out", "load_average_start", "load_average_end"}
+MERGE_FREE = {*MERGED_LISTS, "train_steps", "out", "load_average_start", "load_average_end"}
 SECTIONS = ("datasets", "floor", "floor_ci95", "training")
 
 
-def merge(parts: list[Path], out: Path) -> dict:
+def merge(parts: list[str | Path], out: Path) -> dict:
     """One study from runs over other datasets, samplers or variants with otherwise equal settings (one process per
     core, or a part measured later): the rows, floors, training summaries and bootstrap replicates of every part (a row
-    measured by two parts is refused), the headline and plots redone. ``out`` may be one of the parts; a dataset's
+    measured by two parts is refused), the headline and plots redone. A part ``DIR=NAME[,NAME...]`` gives only those
+    datasets (e.g. the datasets a longer training did not replace). ``out`` may be one of the parts; a dataset's
     sample sheet comes from the first part that has one."""
     out.mkdir(parents=True, exist_ok=True)
-    result, replicates = None, {}
-    for part in parts:
+    result, replicates, sheets = None, {}, set()
+    for part in map(str, parts):
+        part, _, names = part.partition("=")
+        part = Path(part)
         piece = json.loads((part / "white_vs_cloud.json").read_text())
+        keep = set(names.split(",")) if names else set(piece["datasets"])
+        if keep - set(piece["datasets"]):
+            raise ValueError(f"{part}: no dataset {sorted(keep - set(piece['datasets']))}")
+        steps = piece["config"]["train_steps"]
+        steps = {n: steps[n] if isinstance(steps, dict) else steps for n in piece["datasets"] if n in keep}
+        piece["config"]["datasets"] = [piece["datasets"][n]["spec"] for n in piece["datasets"] if n in keep]
         if result is None:
             result = {key: {} for key in SECTIONS}
             result.update(config=dict(piece["config"], out=str(out), **{n: [] for n in MERGED_LISTS}), rows=[])
+            result["config"]["train_steps"] = {}
         differ = {k for k in piece["config"].keys() | result["config"].keys() if k not in MERGE_FREE}
         differ = {k for k in differ if piece["config"].get(k) != result["config"].get(k)}
         if differ:
             raise ValueError(f"{part}: settings differ from the first part's: {sorted(differ)}")
         row_id = lambda r: (r["dataset"], r["variant"], r["sampler"], r["nfe"])
-        if {row_id(r) for r in piece["rows"]} & {row_id(r) for r in result["rows"]}:
+        rows = [(i, r) for i, r in enumerate(piece["rows"]) if r["dataset"] in keep]
+        if {row_id(r) for _, r in rows} & {row_id(r) for r in result["rows"]}:
             raise ValueError(f"{part}: rows already merged from another part")
+        index = {i: len(result["rows"]) + j for j, (i, _) in enumerate(rows)}
         with np.load(part / "white_vs_cloud_bootstrap.npz") as draws:
             for name in draws.files:
                 row, metric = name.split("/", 1)
-                replicates.setdefault(len(result["rows"]) + int(row), {})[metric] = draws[name]
+                if int(row) in index:
+                    replicates.setdefault(index[int(row)], {})[metric] = draws[name]
         for name in MERGED_LISTS:
             result["config"][name] += [v for v in piece["config"][name] if v not in result["config"][name]]
-        result["rows"] += piece["rows"]
+        result["config"]["train_steps"] |= steps
+        result["rows"] += [r for _, r in rows]
         for key in SECTIONS:
-            result[key] |= piece[key]
-        for sheet in part.glob("white_vs_cloud_*_samples.png"):  # the first part with a dataset's sheet gives it
-            if not (out / sheet.name).exists():
-                shutil.copyfile(sheet, out / sheet.name)
+            result[key] |= {k: v for k, v in piece[key].items() if k in keep or k.rsplit("_", 2)[0] in keep}
+        for name in keep - sheets:  # the first part with a dataset's sheet gives it
+            sheet = part / f"white_vs_cloud_{name}_samples.png"
+            if sheet.exists():
+                sheets.add(name)
+                if sheet.resolve() != (out / sheet.name).resolve():
+                    shutil.copyfile(sheet, out / sheet.name)
     write(result, replicates, out)
     plot_all(result, out)
     return result
@@ -497,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     if args.merge:
-        return merge([Path(part) for part in args.merge], out)
+        return merge(args.merge, out)
     if args.plots_only:  # e.g. after a run cut short mid-sampler
         result = json.loads((out / "white_vs_cloud.json").read_text())
         plot_all(result, out)

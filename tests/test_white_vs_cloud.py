@@ -101,6 +101,19 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
         wvc.merge([out, tmp_path / "changed"], tmp_path / "bad")
     with pytest.raises(ValueError, match="already merged"):
         wvc.merge([out, other, out], tmp_path / "bad")
+    # a dataset trained longer replaces its rows: the older study gives only the other dataset; budgets per dataset
+    changed["config"]["seed"], changed["config"]["train_steps"] = 0, 2 * tiny["train_steps"]
+    (tmp_path / "changed" / "white_vs_cloud.json").write_text(json.dumps(changed))
+    replaced = wvc.merge([f"{tmp_path / 'merged'}={name}", tmp_path / "changed"], tmp_path / "replaced")
+    assert replaced["rows"] == merged["rows"] and replaced["floor"] == merged["floor"]
+    assert replaced["config"]["train_steps"] == {name: tiny["train_steps"], "patches_400": 2 * tiny["train_steps"]}
+    with (
+        np.load(tmp_path / "replaced" / "white_vs_cloud_bootstrap.npz") as a,
+        np.load(tmp_path / "merged" / "white_vs_cloud_bootstrap.npz") as b,
+    ):
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    with pytest.raises(ValueError, match="no dataset"):
+        wvc.merge([f"{out}=patches_400"], tmp_path / "bad")
 
 
 def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
