@@ -57,6 +57,7 @@ class Model:
     settings: dict
     samplers: tuple[str, ...] = ()
     restores: bool = False
+    start_noise: tuple[float, ...] = ()  # cold generation: also sampled with the start's noise × each factor
 
 
 PRESET = json.loads((Path(__file__).parent / "configs" / "processes.json").read_text())
@@ -65,7 +66,7 @@ STEPS = PRESET["steps"]  # sampler steps (NFE 50 and 250); a sampler not listed 
 QUICK = dict(
     data="patches:300",
     image_size=8,
-    models=["ddpm", "restore_mask"],
+    models=["ddpm", "cold_blur", "restore_mask"],
     train_steps=8,
     train_batch=8,
     ema_decay=0.9,
@@ -260,6 +261,12 @@ def main(argv: list[str] | None = None) -> dict:
                 earlier = train_stages(train_config(name, args), workdir / name, data.train, fraction)
                 entry, _ = scored(earlier, spec.samplers[0])
                 summary["metrics_at"][f"{round(100 * fraction)}%"] = {k: entry[k] for k in keep}
+            for factor in spec.start_noise:  # Algorithm 2 from the same flat starts with louder "broken symmetry"
+                prior = run.measurements["mean_prior"]
+                louder = {**run.measurements, "mean_prior": {**prior, "noise": prior["noise"] * factor}}
+                entry, _ = scored((dataclasses.replace(run, measurements=louder), graphdef, params), spec.samplers[0])
+                row = dict(dataset=data.name, process="cold", variant=name, start_noise=factor, **entry)
+                result["rows"].append(row)
         result["training"][name] = summary
         result["config"]["load_average_end"] = os.getloadavg()[0]
         (out / "processes.json").write_text(json.dumps(result, indent=1))

@@ -38,10 +38,16 @@ def test_rows_hold_every_generating_process_with_intervals_and_class_scores(quic
     saved = json.loads((out / "processes.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     kinds = {(r["process"], r["variant"], r["sampler"], r["nfe"]) for r in saved["rows"]}
+    T = json.loads((out.parent / "cold_blur" / "run.json").read_text())["config"]["process"]["degradation_steps"]
     assert kinds == {
         ("gaussian", "ddpm", "ddim", 3),
         ("gaussian", "ddpm", "ddpm", 3),
+        ("cold", "cold_blur", "cold", T),
     }
+    # Algorithm 2 also starts from the same flat images with louder noise: other samples
+    cold = {r.get("start_noise", 1): r["metrics"] for r in saved["rows"] if r["variant"] == "cold_blur"}
+    assert set(cold) == {1, *module.MODELS["cold_blur"].start_noise}
+    assert all(cold[f] != cold[1] for f in cold if f != 1)
     for row in saved["rows"]:
         assert row["num_samples"] == module.QUICK["num_samples"] and row["seconds_per_image"] > 0
         assert set(row["metrics_ci95"]) == set(row["metrics"]) - {"sample_mean", "sample_std", "sample_clipped"}
@@ -94,7 +100,7 @@ def test_models_measured_later_join_the_same_study(quick):
     assert tables(again["restoration"]) == tables(json.loads(json.dumps(result["restoration"])))
     assert set(again["training"]) == set(result["training"]) and again["config"]["models"][-1] == "restore_mask"
     with np.load(out / "processes_sheets.npz") as sheets:
-        assert {k.split("/")[0] for k in sheets.files} == {"ddpm"}
+        assert {k.split("/")[0] for k in sheets.files} == {"ddpm", "cold_blur"}
     with pytest.raises(ValueError, match="other settings: \\['num_samples'"):
         module.main([*argv, "--models", "restore_mask", "--num-samples", "8"])
 
