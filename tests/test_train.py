@@ -27,7 +27,7 @@ from cloudjax.train import (
     train,
 )
 from cloudjax.train.checkpoints import _manager, _restore
-from cloudjax.train.run import _measure
+from cloudjax.train.run import _measure, check_workdir
 from cloudjax.train.step import _cached_train_step
 
 SETTINGS = dict(
@@ -161,6 +161,8 @@ def test_a_different_run_in_the_same_workdir_is_refused(tmp_path):
     (tmp_path / "run.json").write_text(_measure(CONFIG, _Source()).to_json())
     with pytest.raises(ValueError, match="holds a different run.*noise"):
         train(TrainConfig.from_flat({**SETTINGS, "noise": "white", "delta": None}), tmp_path, source=_Source())
+    moved = TrainConfig.from_flat({**SETTINGS, "data_dir": "/elsewhere"})  # the same data moved: the same run
+    assert check_workdir(moved, tmp_path).config.data_dir == "/elsewhere"
 
 
 def test_calibrated_schedule_shifts_the_snr_by_the_measured_ratio():

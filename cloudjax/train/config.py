@@ -13,8 +13,9 @@ from cloudjax._config import check_fields, setting
 from cloudjax.models import preset
 from cloudjax.process import OlderSettings, ProcessSpec
 
-# Fields that may change when a run is resumed; any other difference is a different run.
-_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep", "sample_every", "log_every")
+# Fields that may change when a run is resumed (data_dir: where the same data live); any other difference is a
+# different run.
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "keep", "sample_every", "log_every", "data_dir")
 # The values older versions stored for settings that did not apply to their run (a Gaussian run's
 # degradation "blur", ...): dropped when their flat config is read, so those runs keep loading.
 _FORMER_DEFAULTS = dict(

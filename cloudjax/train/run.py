@@ -131,8 +131,9 @@ def _measure(config: TrainConfig, source) -> Run:
 
 def check_workdir(config: TrainConfig, workdir: str | Path) -> Run | None:
     """The run in ``workdir`` with ``config`` applied (None if there is none yet); ``ValueError`` if the
-    workdir holds a different run (only ``steps`` and the logging/checkpoint intervals may change), if its
-    run.json is damaged, or if ``workdir`` cannot be a folder. ``decay_steps=None`` keeps the run's horizon,
+    workdir holds a different run (only ``steps``, the logging/checkpoint intervals and ``data_dir``, where the same
+    data live, may change; ``train`` checks the data's fingerprint), if its run.json is damaged, or if ``workdir``
+    cannot be a folder. ``decay_steps=None`` keeps the run's horizon,
     ``num_classes=None`` its classes."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
