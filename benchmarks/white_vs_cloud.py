@@ -441,6 +441,15 @@ def write(result: dict, replicates: dict[int, dict[str, np.ndarray]], out: Path)
     np.savez(out / "white_vs_cloud_bootstrap.npz", **flat)
 
 
+def save_sheets(name: str, real: np.ndarray, sheets: dict[tuple[str, int], np.ndarray], out: Path) -> None:
+    """Dataset ``name``'s sample sheet, ``white_vs_cloud_<name>_samples.png``, and its images beside it
+    (``…_sheets.npz``: ``real`` and ``<variant>/<nfe>``), from which a merge redraws the sheets of its parts as one."""
+    plot_samples(real, sheets, out / f"white_vs_cloud_{name}_samples.png")
+    np.savez(
+        out / f"white_vs_cloud_{name}_sheets.npz", real=real[:16], **{f"{v}/{n}": x for (v, n), x in sheets.items()}
+    )
+
+
 def plot_all(result: dict, out: Path) -> None:
     """The metric-vs-NFE plot of every dataset in ``result``."""
     for name, floor in result["floor"].items():
@@ -459,10 +468,11 @@ def merge(parts: list[str | Path], out: Path) -> dict:
     """One study from runs over other datasets, samplers or variants with otherwise equal settings (one process per
     core, or a part measured later): the rows, floors, training summaries and bootstrap replicates of every part (a row
     measured by two parts is refused), the headline and plots redone. A part ``DIR=NAME[,NAME...]`` gives only those
-    datasets (e.g. the datasets a longer training did not replace). ``out`` may be one of the parts; a dataset's
-    sample sheet comes from the first part that has one."""
+    datasets (e.g. the datasets a longer training did not replace). ``out`` may be one of the parts. A dataset's sample
+    sheet is redrawn from the images of every part that saved them (``…_sheets.npz``), else copied from the first
+    part that has one."""
     out.mkdir(parents=True, exist_ok=True)
-    result, replicates, sheets = None, {}, set()
+    result, replicates, sheets = None, {}, {}
     for part in map(str, parts):
         part, _, names = part.partition("=")
         part = Path(part)
@@ -497,12 +507,21 @@ def merge(parts: list[str | Path], out: Path) -> dict:
         result["rows"] += [r for _, r in rows]
         for key in SECTIONS:
             result[key] |= {k: v for k, v in piece[key].items() if k in keep or k.rsplit("_", 2)[0] in keep}
-        for name in keep - sheets:  # the first part with a dataset's sheet gives it
-            sheet = part / f"white_vs_cloud_{name}_samples.png"
-            if sheet.exists():
-                sheets.add(name)
-                if sheet.resolve() != (out / sheet.name).resolve():
-                    shutil.copyfile(sheet, out / sheet.name)
+        for name in keep:  # a dataset's sheet: every part's images drawn as one, or the first part's picture
+            drawn, picture = part / f"white_vs_cloud_{name}_sheets.npz", part / f"white_vs_cloud_{name}_samples.png"
+            if drawn.exists():
+                with np.load(drawn) as stored:
+                    real, images = sheets.get(name, (stored["real"], {}))
+                    images |= {(k.split("/")[0], int(k.split("/")[1])): stored[k] for k in stored.files if k != "real"}
+                    sheets[name] = real, images
+            elif picture.exists() and name not in sheets:
+                sheets[name] = picture
+    for name, sheet in sheets.items():
+        if isinstance(sheet, Path):
+            if sheet.resolve() != (out / sheet.name).resolve():
+                shutil.copyfile(sheet, out / sheet.name)
+        else:
+            save_sheets(name, *sheet, out)
     write(result, replicates, out)
     plot_all(result, out)
     return result
@@ -589,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
                         study.sheets[(name, nfe)] = samples[:16]
             rows = [r for r in result["rows"] if r["dataset"] == data.name]
             plot_metrics(rows, result["floor"][data.name], out / f"white_vs_cloud_{data.name}_metrics.png")
-            plot_samples(data.ref, study.sheets, out / f"white_vs_cloud_{data.name}_samples.png")
+            save_sheets(data.name, data.ref, study.sheets, out)
     return result
 
 

@@ -114,6 +114,26 @@ def test_tiny_oracle_run_writes_rows_floor_plots_and_headline(wvc, tmp_path):
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
     with pytest.raises(ValueError, match="no dataset"):
         wvc.merge([f"{out}=patches_400"], tmp_path / "bad")
+    # one dataset's variants measured by two parts: the merged sheet holds every variant's images
+    other_name, piece = part["rows"][0]["dataset"], json.loads((other / "white_vs_cloud.json").read_text())
+    drawn = dict(np.load(other / f"white_vs_cloud_{other_name}_sheets.npz"))
+    assert {k.split("/")[0] for k in drawn} == {"real", *variants}
+    with np.load(other / "white_vs_cloud_bootstrap.npz") as stored:
+        draws = {k: stored[k] for k in stored.files}
+    for half, names in (("first", {"white"}), ("second", set(variants) - {"white"})):
+        (tmp_path / half).mkdir()
+        rows = [i for i, r in enumerate(piece["rows"]) if r["variant"] in names]
+        (tmp_path / half / "white_vs_cloud.json").write_text(
+            json.dumps(piece | {"rows": [piece["rows"][i] for i in rows]})
+        )
+        index = lambda k: int(k.split("/")[0])  # noqa: E731
+        kept = {f"{rows.index(index(k))}/{k.split('/', 1)[1]}": v for k, v in draws.items() if index(k) in rows}
+        np.savez(tmp_path / half / "white_vs_cloud_bootstrap.npz", **kept)
+        images = {k: v for k, v in drawn.items() if k.split("/")[0] in names | {"real"}}
+        np.savez(tmp_path / half / f"white_vs_cloud_{other_name}_sheets.npz", **images)
+    wvc.merge([tmp_path / "first", tmp_path / "second"], tmp_path / "whole")
+    with np.load(tmp_path / "whole" / f"white_vs_cloud_{other_name}_sheets.npz") as whole:
+        assert sorted(whole.files) == sorted(drawn) and all(np.array_equal(whole[k], drawn[k]) for k in drawn)
 
 
 def test_tiny_unet_run_trains_through_cloudjax_train_and_resamples_from_the_bf16_ema(wvc, tmp_path):
