@@ -9,7 +9,8 @@ plateau rule of the white-vs-cloud study) on the training split of :func:`cloudj
   Salimans: DCT heat equation, sin² schedule) and ``cold_blur`` (Bansal et al.: blur to the per-channel mean,
   Algorithm 2 from the mixture prior); each sampled ``--num-samples`` times per sampler and step count and scored
   against held-out images with every metric of :mod:`cloudjax.metrics` (95 % bootstrap intervals), plus the
-  classifier's confidence and class histogram, the pixel mean and std, and seconds per image;
+  classifier's confidence and class histogram, the pixel mean and std, and seconds per image; ``cold_blur`` also
+  from the same starts with louder "broken symmetry" noise (``start_noise`` in ``configs/processes.json``);
 * restoration — ``restore_blur``, ``restore_mask``, ``restore_downsample`` (Cold Diffusion): held-out images
   degraded to D(x0, T) and restored by the direct estimate, Algorithm 1 and Algorithm 2; RMSE and SSIM on [0, 1]
   pixels with intervals, and the paired interval of Algorithm 2's gain over each other method.
