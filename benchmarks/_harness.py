@@ -189,3 +189,11 @@ def write(path: Path, meta: dict, rows: list[dict], summary: list[dict], merge: 
     for line in summary:
         print(json.dumps(line))
     print(f"wrote {path}")
+
+
+def save(result: dict, name: str, platform: str, out: str | None = None) -> Path:
+    """Write ``result`` to ``out`` or ``results/<name>_<platform>.json``; returns the path."""
+    path = Path(out) if out else RESULTS / f"{name}_{platform}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path

@@ -23,7 +23,6 @@ import contextlib
 import json
 import statistics
 import time
-from pathlib import Path
 
 import _harness as H  # benchmarks/_harness.py
 import jax
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(profile(model, int(size), int(batch), args.steps, args.rounds))
         print(json.dumps(results[-1]), flush=True)
     result = dict(machine=H.machine(), threads=H.threads(), config=vars(args), profiles=results)
-    out = Path(args.out) if args.out else H.RESULTS / f"step_profile_{jax.devices()[0].platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    H.save(result, "step_profile", jax.devices()[0].platform, args.out)
     return result
 
 

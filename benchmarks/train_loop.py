@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_end": os.getloadavg()[0],
     }
     print(json.dumps(result))
-    out = Path(args.out) if args.out else H.RESULTS / f"train_loop_{jax.devices()[0].platform}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    H.save(result, "train_loop", jax.devices()[0].platform, args.out)
     return result
 
 
