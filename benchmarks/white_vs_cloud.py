@@ -511,7 +511,8 @@ def merge(parts: list[str | Path], out: Path) -> dict:
             drawn, picture = part / f"white_vs_cloud_{name}_sheets.npz", part / f"white_vs_cloud_{name}_samples.png"
             if drawn.exists():
                 with np.load(drawn) as stored:
-                    real, images = sheets.get(name, (stored["real"], {}))
+                    drawn_before = sheets.get(name)  # images win over an earlier part's picture
+                    real, images = drawn_before if isinstance(drawn_before, tuple) else (stored["real"], {})
                     images |= {(k.split("/")[0], int(k.split("/")[1])): stored[k] for k in stored.files if k != "real"}
                     sheets[name] = real, images
             elif picture.exists() and name not in sheets:
