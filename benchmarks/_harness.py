@@ -197,3 +197,10 @@ def save(result: dict, name: str, platform: str, out: str | None = None) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled program (``jax.jit(f).lower(...).compile()``), None where it gives none."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None

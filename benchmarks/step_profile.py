@@ -100,9 +100,7 @@ def compiled_step(model: str, size: int, batch: int, variant: str) -> tuple:
                 box[0], metrics = program(box[0], x, key)
                 return metrics["loss"]
 
-    cost = program.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return run, float(cost["flops"]) if cost and "flops" in cost else None
+    return run, H.flops(program)
 
 
 def profile(model: str, size: int, batch: int, steps: int, rounds: int) -> dict:

@@ -19,6 +19,7 @@ import platform
 import time
 from pathlib import Path
 
+import _harness as H  # benchmarks/_harness.py
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -44,12 +45,6 @@ PEAK_FLOPS = {
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
     return next((v for (kind, dt), v in PEAK_FLOPS.items() if kind in device_kind and dt == dtype), None)
-
-
-def _flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 def _time(fn, iters: int) -> float:
@@ -78,7 +73,7 @@ def bench(model: str, size: int, dtype: str, noise: str, batch: int, iters: int)
     tic = time.perf_counter()
     compiled = step.lower(state, x, key).compile()
     compile_s = time.perf_counter() - tic
-    flops = _flops(compiled)
+    flops = H.flops(compiled)
 
     holder = [state]
 
