@@ -169,13 +169,13 @@ def add_model_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def model_config(args, data: str | None = None, **settings):
-    """:func:`study_config` of the flags of :func:`add_model_arguments` (``data``: another spec than ``--data``) and
-    the model's own ``settings``."""
+def model_config(args, data: str | None = None, budget: int = 1, **settings):
+    """:func:`study_config` of the flags of :func:`add_model_arguments` (``data``: another spec than ``--data``,
+    ``budget``: a multiple of ``--train-steps``) and the model's own ``settings``."""
     return study_config(
         data or args.data,
         args.image_size,
-        args.train_steps,
+        budget * args.train_steps,
         args.train_batch,
         data_dir=args.data_dir,
         model=args.model,

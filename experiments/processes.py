@@ -59,6 +59,7 @@ class Model:
     samplers: tuple[str, ...] = ()
     restores: bool = False
     start_noise: tuple[float, ...] = ()  # cold generation: also sampled with the start's noise × each factor
+    budget: int = 1  # steps: this multiple of --train-steps (2: short of the plateau at 1, trained again from scratch)
 
 
 PRESET = json.loads((Path(__file__).parent / "configs" / "processes.json").read_text())
@@ -110,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_config(name: str, args: argparse.Namespace):
-    """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network, budget and seed."""
-    return model_config(args, **MODELS[name].settings)
+    """The :class:`cloudjax.train.TrainConfig` of model ``name``: the study's network and seed, its budget."""
+    return model_config(args, budget=MODELS[name].budget, **MODELS[name].settings)
 
 
 def class_scores(classifier, images: np.ndarray, bootstrap: int, seed: int) -> dict:
