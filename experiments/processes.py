@@ -1,8 +1,10 @@
 """Every process of cloudjax trained to its plateau on one dataset: generation and restoration with intervals.
 
-One network family (the ``tiny`` UNet, its Flexi-UNet for scale space), one budget and one seed for every model;
-each trains with :func:`cloudjax.study.train_stages` (EMA kept in bfloat16 at 25 / 50 / 100 % of the steps, the
-plateau rule of the white-vs-cloud study) on the training split of :func:`cloudjax.study.load_dataset`:
+One network family (the ``tiny`` UNet, its Flexi-UNet for scale space), one seed and one budget rule for every
+model (``--train-steps``; a model short of the plateau there trains again from scratch at twice it, its ``budget``
+in ``configs/processes.json``); each trains with :func:`cloudjax.study.train_stages` (EMA kept in bfloat16 at
+25 / 50 / 100 % of the steps, the plateau rule of the white-vs-cloud study) on the training split of
+:func:`cloudjax.study.load_dataset`:
 
 * generation — ``ddpm`` (Gaussian, white noise, v prediction: also Cold Diffusion's "hot" baseline),
   ``scale_space_2`` / ``scale_space_3`` (Mukhopadhyay et al., 2 and 3 levels), ``blurring`` (Hoogeboom &
