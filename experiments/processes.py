@@ -176,6 +176,13 @@ def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, seed: int
     return table
 
 
+def settled(spec: Model, measured: dict) -> dict:
+    """What ``metrics_at`` keeps per training stage of a restoration table (its restorers' RMSE and SSIM) or a
+    generation row (its sampler, NFE and metrics)."""
+    keys = ("direct", "cold_naive", "cold") if spec.restores else ("sampler", "nfe", "metrics", "metrics_ci95")
+    return {k: measured[k] for k in keys}
+
+
 def restoration_figure(grids: dict[str, dict[str, np.ndarray]], path: Path, rows: int = 4) -> None:
     """Per degradation ``rows`` images: degraded | direct | Algorithm 1 | Algorithm 2 | original."""
     from cloudjax.plots import image_grid, new_figure
@@ -242,14 +249,24 @@ def main(argv: list[str] | None = None) -> dict:
             entry["classes"] = class_scores(classifier, samples, args.bootstrap, args.seed)
         return entry, samples
 
+    def restoration(model) -> tuple[dict, dict[str, np.ndarray]]:
+        """``model``'s restoration table of the held-out images and the restorations by method."""
+        run, graphdef, params = model
+        start = time.perf_counter()
+        restored = restore(run, graphdef, params, data.ref[: args.num_samples])
+        table = restoration_table(restored, args.bootstrap, args.seed)
+        seconds = (time.perf_counter() - start) / args.num_samples
+        return table | {"seconds_per_image": seconds, "T": run.diffusion.steps}, restored
+
+    def judged(model, spec: Model) -> dict:
+        """What :func:`settled` keeps of ``model`` at an earlier stage."""
+        return settled(spec, restoration(model)[0] if spec.restores else scored(model, spec.samplers[0])[0])
+
     for name in args.models:
         spec, (run, graphdef, params) = MODELS[name], trained[name]
         summary = json.loads((workdir / name / "training.json").read_text())
         if spec.restores:
-            start = time.perf_counter()
-            restored = restore(run, graphdef, params, data.ref[: args.num_samples])
-            table = restoration_table(restored, args.bootstrap, args.seed)
-            table |= {"seconds_per_image": (time.perf_counter() - start) / args.num_samples, "T": run.diffusion.steps}
+            table, restored = restoration(trained[name])
             result["restoration"][run.config.process.degradation] = table
             grids[run.config.process.degradation] = restored
         else:
@@ -258,19 +275,16 @@ def main(argv: list[str] | None = None) -> dict:
                 result["rows"].append(dict(dataset=data.name, process=run.config.process.kind, variant=name, **entry))
                 sheets[(name, entry["nfe"])] = samples[:16]
                 print(json.dumps(result["rows"][-1] | {"metrics_ci95": None}), flush=True)
-            first = result["rows"][-len(spec.samplers)]  # the metrics, not only the loss, have settled
-            keep = ("sampler", "nfe", "metrics", "metrics_ci95")
-            summary["metrics_at"] = {"100%": {k: first[k] for k in keep}}
-            for fraction in EMA_AT[:-1]:
-                earlier = train_stages(train_config(name, args), workdir / name, data.train, fraction)
-                entry, _ = scored(earlier, spec.samplers[0])
-                summary["metrics_at"][f"{round(100 * fraction)}%"] = {k: entry[k] for k in keep}
-            for factor in spec.start_noise:  # Algorithm 2 from the same flat starts with louder "broken symmetry"
-                prior = run.measurements["mean_prior"]
-                louder = {**run.measurements, "mean_prior": {**prior, "noise": prior["noise"] * factor}}
-                entry, _ = scored((dataclasses.replace(run, measurements=louder), graphdef, params), spec.samplers[0])
-                row = dict(dataset=data.name, process="cold", variant=name, start_noise=factor, **entry)
-                result["rows"].append(row)
+        # the held-out metrics, not only the loss, have settled
+        summary["metrics_at"] = {"100%": settled(spec, table if spec.restores else result["rows"][-len(spec.samplers)])}
+        for fraction in EMA_AT[:-1]:
+            earlier = train_stages(train_config(name, args), workdir / name, data.train, fraction)
+            summary["metrics_at"][f"{round(100 * fraction)}%"] = judged(earlier, spec)
+        for factor in spec.start_noise:  # Algorithm 2 from the same flat starts with louder "broken symmetry"
+            prior = run.measurements["mean_prior"]
+            louder = {**run.measurements, "mean_prior": {**prior, "noise": prior["noise"] * factor}}
+            entry, _ = scored((dataclasses.replace(run, measurements=louder), graphdef, params), spec.samplers[0])
+            result["rows"].append(dict(dataset=data.name, process="cold", variant=name, start_noise=factor, **entry))
         result["training"][name] = summary
         result["config"]["load_average_end"] = os.getloadavg()[0]
         (out / "processes.json").write_text(json.dumps(result, indent=1))
