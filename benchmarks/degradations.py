@@ -22,12 +22,11 @@ import os
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
+import _harness as H  # benchmarks/_harness.py
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _harness import cpu_model  # benchmarks/_harness.py
 from noise import environment  # benchmarks/noise.py
 
 import cloudjax as cj
@@ -101,7 +100,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON file (default results/degradations_<backend>.json)")
     args = parser.parse_args()
 
-    env = {**environment(), "cpu_model": cpu_model()}
+    env = {**environment(), "cpu_model": H.cpu_model()}
     shape = (args.batch, args.size, args.size, 3)
     results = []
     for steps, kernel_size, padding in CONFIGS:
@@ -109,9 +108,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         results.append(row)
     env["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-    out = Path(args.out or Path(__file__).parent / "results" / f"degradations_{env['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": env, "results": results}, indent=1) + "\n")
+    H.save({"environment": env, "results": results}, "degradations", env["backend"], args.out)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
+import _harness as H  # benchmarks/_harness.py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,9 +120,7 @@ def main() -> None:
             row = {**row, "backend": env["backend"], "device": env["device"]}
             print(json.dumps(row), flush=True)
             results.append(row)
-    out = Path(args.out or Path(__file__).parent / "results" / f"noise_{env['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": env, "results": results}, indent=1) + "\n")
+    H.save({"environment": env, "results": results}, "noise", env["backend"], args.out)
 
 
 if __name__ == "__main__":
