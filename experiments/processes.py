@@ -14,8 +14,9 @@ in ``configs/processes.json``); each trains with :func:`cloudjax.study.train_sta
   classifier's confidence and class histogram, the pixel mean and std, and seconds per image; ``cold_blur`` also
   from the same starts with louder "broken symmetry" noise (``start_noise`` in ``configs/processes.json``);
 * restoration — ``restore_blur``, ``restore_mask``, ``restore_downsample`` (Cold Diffusion): held-out images
-  degraded to D(x0, T) and restored by the direct estimate, Algorithm 1 and Algorithm 2; RMSE and SSIM on [0, 1]
-  pixels with intervals, and the paired interval of Algorithm 2's gain over each other method.
+  (the floor's) degraded to D(x0, T) and restored by the direct estimate, Algorithm 1 and Algorithm 2; RMSE and SSIM
+  on [0, 1] pixels, every metric of the restorations as a set against the reference images (the paper compares
+  restorations by FID), each with intervals, and the paired interval of Algorithm 2's gain over each other method.
 
     python experiments/processes.py                       # experiments/results/processes_cpu/processes.json
     python experiments/processes.py --train-only --models ddpm blurring   # train (or resume) these, then exit
@@ -66,6 +67,7 @@ class Model:
 
 PRESET = json.loads((Path(__file__).parent / "configs" / "processes.json").read_text())
 MODELS = {name: Model(**entry) for name, entry in PRESET["models"].items()}
+PAIRED = ("swd_mean", "frechet_classifier")  # the distances of the restorations whose paired gain is reported
 STEPS = PRESET["steps"]  # sampler steps (NFE 50 and 250); a sampler not listed takes the process's own
 QUICK = dict(
     data="patches:300",
@@ -149,20 +151,27 @@ def rmse_ssim(images: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np
     return rmse, np.array(ssim)
 
 
-def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, seed: int) -> dict:
-    """``{method: {rmse, ssim, rmse_ci95, ssim_ci95}}`` over the held-out images, and ``algorithm2_gain``:
-    per other method, the paired mean of (its RMSE − Algorithm 2's) and (Algorithm 2's SSIM − its) with intervals
-    (both > 0 where Algorithm 2 is better)."""
-    per_image = {m: rmse_ssim(x, restored["original"]) for m, x in restored.items() if m != "original"}
+def restoration_table(restored: dict[str, np.ndarray], measured, bootstrap: int, seed: int) -> dict:
+    """``{method: {rmse, ssim, rmse_ci95, ssim_ci95, metrics, metrics_ci95}}`` over the held-out images (``metrics``:
+    the restorations as a set against the reference images, ``measured(images) -> (metrics, replicates)``), and
+    ``algorithm2_gain``: per other method, the paired mean of (its RMSE − Algorithm 2's), (Algorithm 2's SSIM − its)
+    and (its distance − Algorithm 2's) for each of :data:`PAIRED`, with intervals (> 0 where Algorithm 2 is better).
+
+    Every method restores the same images in the same order and ``measured`` resamples them with the same indices,
+    so each difference's interval is a paired bootstrap."""
+    methods = [m for m in restored if m != "original"]
+    per_image = {m: rmse_ssim(restored[m], restored["original"]) for m in methods}
+    sets = {m: measured(restored[m]) for m in methods}
     n = len(restored["original"])
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
     ci = lambda v: interval(np.array([v[i].mean() for i in draws])) if bootstrap else None  # noqa: E731
     table = {
         m: {"rmse": float(r.mean()), "ssim": float(s.mean()), "rmse_ci95": ci(r), "ssim_ci95": ci(s)}
+        | {"metrics": sets[m][0], "metrics_ci95": {k: interval(v) for k, v in sets[m][1].items()}}
         for m, (r, s) in per_image.items()
     }
-    r2, s2 = per_image["cold"]
+    (r2, s2), (values2, replicates2) = per_image["cold"], sets["cold"]
     table["algorithm2_gain"] = {
         m: {
             "rmse": float((r - r2).mean()),
@@ -170,6 +179,8 @@ def restoration_table(restored: dict[str, np.ndarray], bootstrap: int, seed: int
             "ssim": float((s2 - s).mean()),
             "ssim_ci95": ci(s2 - s),
         }
+        | {k: sets[m][0][k] - values2[k] for k in PAIRED if k in values2}
+        | {f"{k}_ci95": interval(sets[m][1][k] - replicates2[k]) for k in PAIRED if k in replicates2}
         for m, (r, s) in per_image.items()
         if m != "cold"
     }
@@ -253,9 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
         """``model``'s restoration table of the held-out images and the restorations by method."""
         run, graphdef, params = model
         start = time.perf_counter()
-        restored = restore(run, graphdef, params, data.ref[: args.num_samples])
-        table = restoration_table(restored, args.bootstrap, args.seed)
+        restored = restore(run, graphdef, params, data.ref2[: args.num_samples])  # the floor's images
         seconds = (time.perf_counter() - start) / args.num_samples
+        table = restoration_table(restored, measured, args.bootstrap, args.seed)
         return table | {"seconds_per_image": seconds, "T": run.diffusion.steps}, restored
 
     def judged(model, spec: Model) -> dict:

@@ -80,17 +80,26 @@ def test_training_is_summarised_and_scored_at_every_stage(quick):
 
 
 def test_restoration_table_compares_the_three_methods_on_the_same_images(quick):
-    _, out, _, result = quick
+    module, out, _, result = quick
     table = result["restoration"]["mask"]
     assert table["T"] == 50 and table["seconds_per_image"] > 0
     for method in ("degraded", "direct", "cold_naive", "cold"):
         scores = table[method]
         assert 0 <= scores["rmse"] <= 1 and -1 <= scores["ssim"] <= 1 and len(scores["rmse_ci95"]) == 2
+        # the restorations as a set, scored as the samples are: against the reference, beside the floor
+        assert set(scores["metrics"]) == set(result["floor"])
+        assert set(scores["metrics_ci95"]) == set(result["floor_ci95"])
     gain = table["algorithm2_gain"]
     assert set(gain) == {"degraded", "direct", "cold_naive"}
     for method, g in gain.items():  # paired: the gain is the difference of the two means
         assert np.isclose(g["rmse"], table[method]["rmse"] - table["cold"]["rmse"], atol=1e-6)
         assert np.isclose(g["ssim"], table["cold"]["ssim"] - table[method]["ssim"], atol=1e-6)
+        for k in module.PAIRED:
+            assert np.isclose(g[k], table[method]["metrics"][k] - table["cold"]["metrics"][k])
+            assert len(g[f"{k}_ci95"]) == 2
+    data = study.load_dataset(result["config"]["data"], 8, module.QUICK["num_ref"], 1_000_000, None, 0)
+    with np.load(out / "processes_restorations.npz") as restored:  # the floor's held-out images
+        np.testing.assert_array_equal(restored["mask/original"], data.ref2[:4])
     assert (out / "processes_restoration.png").stat().st_size > 1000
 
 
