@@ -62,7 +62,7 @@ class Model:
     samplers: tuple[str, ...] = ()
     restores: bool = False
     start_noise: tuple[float, ...] = ()  # cold generation: also sampled with the start's noise × each factor
-    budget: int = 1  # steps: this multiple of --train-steps (2: short of the plateau at 1, trained again from scratch)
+    budget: int = 1  # steps: this multiple of --train-steps (doubled, from scratch, while short of the plateau)
 
 
 PRESET = json.loads((Path(__file__).parent / "configs" / "processes.json").read_text())
